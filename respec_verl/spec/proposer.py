@@ -1,0 +1,76 @@
+"""Draft proposals: the drafter's own KV state and the tokens it has not seen yet."""
+
+from __future__ import annotations
+
+import torch
+
+from respec_verl.drafter.drafter import Drafter
+from respec_verl.spec.kv_state import KVState
+from respec_verl.spec.sampling import SamplingParams, probs_from_logits, sample_rows
+
+
+class DraftProposer:
+    """Proposes k tokens per row with their probabilities q, and follows what the target accepted.
+
+    Tokens emitted while speculation is off are queued and fed in one pass the next time k > 0
+    (ReSpec's "extend once"), so plain decoding steps cost the drafter nothing.
+    """
+
+    def __init__(self, drafter: Drafter, target_vocab_size: int):
+        drafter.check_compatible(target_vocab_size)
+        self.drafter = drafter
+        self.vocab_size = target_vocab_size
+        self.state = KVState(drafter.model)
+        self.pending: list[list[int]] = []
+        self._fed_drafts = 0
+
+    def start(self, prompt_ids: torch.Tensor, prompt_valid: torch.Tensor, first_tokens: torch.Tensor) -> None:
+        self.state.forward(prompt_ids, prompt_valid, last_only=True)
+        self.pending = [[int(t)] for t in first_tokens]
+
+    def push(self, tokens: torch.Tensor) -> None:
+        """Queue tokens emitted by a plain decoding step."""
+        for row, token in enumerate(tokens.tolist()):
+            self.pending[row].append(token)
+
+    def propose(
+        self, k: int, params: SamplingParams, generators: list[torch.Generator | None]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draft k tokens per row: ids [B, k] and q [B, k, V] over the target vocabulary (None if greedy)."""
+        width = max(len(p) for p in self.pending)
+        chunk = torch.zeros(len(self.pending), width, dtype=torch.long)
+        valid = torch.zeros(len(self.pending), width, dtype=torch.bool)
+        for row, tokens in enumerate(self.pending):  # right-aligned, holes on the left
+            chunk[row, width - len(tokens) :] = torch.tensor(tokens)
+            valid[row, width - len(tokens) :] = True
+        logits = self.state.forward(chunk, valid, last_only=True)
+        tokens, probs = [], []
+        for j in range(k):
+            if params.greedy:
+                draft_ids = logits.argmax(dim=-1)
+            else:
+                probs.append(probs_from_logits(logits, params))
+                draft_ids = sample_rows(probs[-1], generators)
+            tokens.append(self.drafter.to_target_ids(draft_ids))
+            if j < k - 1:
+                logits = self.state.forward(tokens[-1][:, None], torch.ones(len(chunk), 1, dtype=torch.bool), True)
+        self._fed_drafts = k - 1
+        self.pending = [[] for _ in self.pending]
+        draft_tokens = torch.stack(tokens, dim=1)
+        if params.greedy:
+            return draft_tokens, None
+        return draft_tokens, self.drafter.to_target_probs(torch.stack(probs, dim=1), self.vocab_size)
+
+    def accept(self, draft_tokens: torch.Tensor, num_accepted: torch.Tensor, next_token: torch.Tensor) -> None:
+        """Keep the accepted drafts in the drafter's cache and queue what it has not seen."""
+        k = draft_tokens.shape[1]
+        if self._fed_drafts:
+            fed = torch.arange(self._fed_drafts)[None, :] < num_accepted[:, None]
+            self.state.keep_last(fed)
+        for row, (n, token) in enumerate(zip(num_accepted.tolist(), next_token.tolist())):
+            # the last draft was never fed to the drafter: when accepted it is still pending
+            self.pending[row] = ([int(draft_tokens[row, k - 1])] if n == k else []) + [token]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.state.select_rows(rows)
+        self.pending = [self.pending[r] for r in rows.tolist()]

