@@ -62,3 +62,9 @@ def load_smollm2(dtype: torch.dtype = torch.bfloat16):
     path = smollm2_path()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def encode_chat(tokenizer, question: str) -> list[int]:
+    """Token ids of a one-turn chat prompt, ready for the assistant's answer."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
