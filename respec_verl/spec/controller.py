@@ -1,0 +1,224 @@
+"""The adaptive speculation controller: the k (or none) with the highest goodput for the live batch.
+
+Speculation pays while verification is memory-bound (small batches) and loses once it is
+compute-bound (large batches); RL rollouts cross both as the batch shrinks into its long tail.
+The controller predicts goodput(B, k) = B * expected_tokens(k) / step_time(B, k) from a measured
+step-cost profile and an online acceptance estimate, and picks the best k every engine step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from respec_verl.spec.acceptance import AcceptanceEstimate
+from respec_verl.spec.policy import FixedK, KPolicy
+from respec_verl.spec.profile import StepCostProfile
+from respec_verl.spec.stats import StepRecord
+
+CONFIG_KEY = "actor_rollout_ref.respec.controller"
+POLICIES = ("adaptive", "fixed", "off")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class ControllerConfig:
+    """The `actor_rollout_ref.respec.controller` block.
+
+    policy: "adaptive" (choose k per step), "fixed" (always `max_k`) or "off" (plain decoding).
+    candidates: the k values the adaptive policy may choose (None: 0..max_k; keep 0 in it, or
+    speculation can never be turned off). hysteresis: the relative goodput gain a new k needs
+    before the controller leaves the current one. ema_decay, prior_acceptance, prior_strength: see
+    `AcceptanceEstimate`. probe_interval: after this many plain steps, draft once at the smallest
+    positive candidate where speculation could win, so a low acceptance estimate can recover
+    (0 disables).
+    """
+
+    policy: str = "adaptive"
+    max_k: int = 4
+    candidates: tuple[int, ...] | None = None
+    hysteresis: float = 0.02
+    ema_decay: float = 0.9
+    prior_acceptance: float = 0.7
+    prior_strength: float = 2.0
+    probe_interval: int = 64
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            self._fail("policy", self.policy, "one of " + ", ".join(repr(p) for p in POLICIES))
+        if not _is_int(self.max_k) or self.max_k < 0:
+            self._fail("max_k", self.max_k, "an integer >= 0")
+        if self.candidates is not None:
+            ks = self.candidates
+            if (
+                not isinstance(ks, Sequence)  # a list, tuple or OmegaConf ListConfig
+                or isinstance(ks, str)
+                or not ks
+                or len(set(ks)) != len(ks)
+                or not all(_is_int(k) and 0 <= k <= self.max_k for k in ks)
+            ):
+                allowed = f"null (0..max_k) or a non-empty list of distinct integers in [0, max_k={self.max_k}]"
+                self._fail("candidates", ks, allowed)
+            self.candidates = tuple(sorted(ks))
+        self._check_range("hysteresis", self.hysteresis, 0.0, 1.0, "a number in [0, 1)", upper_open=True)
+        self._check_range("ema_decay", self.ema_decay, 0.0, 1.0, "a number in [0, 1)", upper_open=True)
+        self._check_range("prior_acceptance", self.prior_acceptance, 0.0, 1.0, "a number in [0, 1]")
+        if not _is_number(self.prior_strength) or not self.prior_strength > 0:
+            self._fail("prior_strength", self.prior_strength, "a number > 0")
+        if not _is_int(self.probe_interval) or self.probe_interval < 0:
+            self._fail("probe_interval", self.probe_interval, "an integer >= 0 (0 disables probing)")
+
+    @property
+    def candidate_ks(self) -> tuple[int, ...]:
+        return self.candidates if self.candidates is not None else tuple(range(self.max_k + 1))
+
+    def _check_range(self, name: str, value: object, lo: float, hi: float, allowed: str, upper_open=False) -> None:
+        if not _is_number(value) or not (lo <= value < hi if upper_open else lo <= value <= hi):
+            self._fail(name, value, allowed)
+
+    @staticmethod
+    def _fail(name: str, value: object, allowed: str) -> None:
+        raise ValueError(f"{CONFIG_KEY}.{name} = {value!r} is not valid; allowed: {allowed}")
+
+
+class AdaptiveController:
+    """A `KPolicy` choosing, per engine step, k* = argmax_k B * expected_tokens(k) / step_time(B, k).
+
+    step_time(B, 0) is a plain decoding step; step_time(B, k) is drafting k tokens plus verifying
+    k + 1, both from the profile (the drafter's catch-up after plain steps is not modelled: it is
+    one forward pass over the queued tokens, paid once per switch). Hysteresis: the controller
+    leaves its current k only for a k whose predicted goodput is higher by more than
+    `config.hysteresis` (relative), so a batch size oscillating around a threshold, or a noisy
+    acceptance estimate, does not make it flap (vLLM issue #49548).
+    """
+
+    def __init__(
+        self, profile: StepCostProfile, config: ControllerConfig | None = None, context_len: int | None = None
+    ):
+        self.config = config or ControllerConfig()
+        self.candidates = self.config.candidate_ks
+        self.context_len = context_len
+        self.acceptance = AcceptanceEstimate(
+            self.config.max_k, self.config.ema_decay, self.config.prior_acceptance, self.config.prior_strength
+        )
+        self.current_k: int | None = None
+        self.plain_streak = 0  # consecutive plain steps, for probing
+        self._set_profile(profile)
+
+    def _set_profile(self, profile: StepCostProfile) -> None:
+        if not profile.decode_s:
+            raise ValueError(f"step-cost profile {profile.key} has no plain decoding times")
+        if any(k > 0 for k in self.candidates) and not (profile.draft_s and profile.verify_s):
+            raise ValueError(
+                f"step-cost profile {profile.key} has no draft/verify times, needed for candidates {self.candidates}"
+            )
+        self.profile = profile
+        self._step_times: dict[tuple[int, int, int], float] = {}
+
+    def step_time(self, batch_size: int, k: int) -> float:
+        ctx = self.profile.bucket(self.context_len)
+        point = (batch_size, k, ctx)
+        if point not in self._step_times:  # the profile is fixed, so cache its interpolation
+            self._step_times[point] = self.profile.step_time(batch_size, k, ctx)
+        return self._step_times[point]
+
+    def goodput(self, batch_size: int, k: int) -> float:
+        """Predicted tokens per second for the whole batch."""
+        return batch_size * self.acceptance.expected_tokens(k) / self.step_time(batch_size, k)
+
+    def best_k(self, batch_size: int) -> int:
+        """The argmax without hysteresis (ties go to the smaller, cheaper k)."""
+        best, best_goodput = self.candidates[0], self.goodput(batch_size, self.candidates[0])
+        for k in self.candidates[1:]:
+            g = self.goodput(batch_size, k)
+            if g > best_goodput:
+                best, best_goodput = k, g
+        return best
+
+    def choose_k(self, batch_size: int) -> int:
+        best = self.best_k(batch_size)
+        k = self.current_k
+        if k is None or k not in self.candidates:
+            k = best
+        elif self.goodput(batch_size, best) > (1.0 + self.config.hysteresis) * self.goodput(batch_size, k):
+            k = best  # a clear gain: switch; a gain within the margin is not worth a flap
+        self.current_k = k
+        if k == 0 and self.config.probe_interval and self.plain_streak >= self.config.probe_interval:
+            probe = self._probe_k(batch_size)
+            if probe:
+                self.plain_streak = 0
+                return probe  # current_k stays 0: one step of fresh evidence, not a switch
+        return k
+
+    def _probe_k(self, batch_size: int) -> int:
+        """The smallest positive candidate that would beat plain decoding at perfect acceptance, else 0."""
+        plain = self.goodput(batch_size, 0) if 0 in self.candidates else 0.0
+        for k in self.candidates:
+            if k > 0 and batch_size * (k + 1) / self.step_time(batch_size, k) > plain:
+                return k
+        return 0
+
+    def observe(self, record: StepRecord) -> None:
+        self.acceptance.observe(record)
+        self.plain_streak = self.plain_streak + 1 if record.k == 0 else 0
+
+    def schedule(self, max_batch_size: int) -> list[tuple[int, int, int]]:
+        """vLLM's `num_speculative_tokens_per_batch_size`: inclusive (lo, hi, k) ranges over 1..max.
+
+        The argmax at the current acceptance estimate, ranges of equal k merged; a static table has
+        no current k, so no hysteresis.
+        """
+        if max_batch_size < 1:
+            raise ValueError(f"schedule needs max_batch_size >= 1, got {max_batch_size}")
+        ranges: list[tuple[int, int, int]] = []
+        for b in range(1, max_batch_size + 1):
+            k = self.best_k(b)
+            if ranges and ranges[-1][2] == k:
+                ranges[-1] = (ranges[-1][0], b, k)
+            else:
+                ranges.append((b, b, k))
+        return ranges
+
+    def state_dict(self) -> dict:
+        """Profile, acceptance counts and current k, as plain JSON-serialisable values."""
+        return {
+            "profile": self.profile.to_dict(),
+            "acceptance": self.acceptance.state_dict(),
+            "current_k": self.current_k,
+            "plain_streak": self.plain_streak,
+            "context_len": self.context_len,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._set_profile(StepCostProfile.from_dict(state["profile"]))
+        self.acceptance.load_state_dict(state["acceptance"])
+        self.current_k = state["current_k"]
+        self.plain_streak = int(state["plain_streak"])
+        self.context_len = state["context_len"]
+
+    @classmethod
+    def from_state_dict(cls, state: dict, config: ControllerConfig | None = None) -> AdaptiveController:
+        controller = cls(StepCostProfile.from_dict(state["profile"]), config)
+        controller.load_state_dict(state)
+        return controller
+
+
+def build_k_policy(config: ControllerConfig, profile: StepCostProfile | None = None) -> KPolicy:
+    """The engine's k policy for a config: FixedK for "off" and "fixed", else an AdaptiveController."""
+    if config.policy == "off":
+        return FixedK(0)
+    if config.policy == "fixed":
+        return FixedK(config.max_k)
+    if profile is None:
+        raise ValueError(
+            f"{CONFIG_KEY}.policy = 'adaptive' needs a step-cost profile of this model and machine "
+            "(run `respec-verl profile`), or set it to 'fixed' or 'off'"
+        )
+    return AdaptiveController(profile, config)
