@@ -1,0 +1,104 @@
+"""Offline warm-up distillation of a drafter on the target's own outputs (ReSpec Algorithm 1, init).
+
+A self-draft cut from the target starts with low acceptance (its few layers were never trained to
+predict the next token alone); a few hundred optimizer steps on the target's outputs fix that.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from respec_verl.drafter.drafter import Drafter
+from respec_verl.drafter.kd_loss import TeacherTargets, reward_weighted_kd_loss, teacher_targets
+
+
+@dataclass
+class KDBatch:
+    """Right-padded prompt+response ids, and the positions whose next token is a response token."""
+
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    response_mask: torch.Tensor  # [B, T]: True where logits[t] predict a response token
+    teacher: TeacherTargets | None = None
+    weights: torch.Tensor | None = None
+
+
+def make_kd_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int = 0) -> KDBatch:
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros(len(prompts), width, dtype=torch.long)
+    response = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, (prompt, resp) in enumerate(zip(prompts, responses)):
+        seq = list(prompt) + list(resp)
+        ids[row, : len(seq)] = torch.tensor(seq)
+        attention[row, : len(seq)] = 1
+        response[row, len(prompt) - 1 : len(seq) - 1] = True
+    return KDBatch(ids, attention, response)
+
+
+@torch.no_grad()
+def attach_teacher(batch: KDBatch, target: torch.nn.Module, drafter: Drafter, temperature: float, top_k: int) -> None:
+    """Compute the target's soft labels once, in the drafter's vocabulary."""
+    logits = target(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    batch.teacher = teacher_targets(logits, temperature, drafter.draft_to_target, top_k)
+
+
+def trainable_parameters(drafter: Drafter) -> list[torch.nn.Parameter]:
+    """Everything but the input embedding (a frozen copy of the target's, as in EAGLE and SpecForge)."""
+    frozen = {id(p) for p in drafter.model.get_input_embeddings().parameters()}
+    return [p for p in drafter.model.parameters() if id(p) not in frozen]
+
+
+def kd_step(drafter: Drafter, batch: KDBatch, optimizer: torch.optim.Optimizer, temperature: float) -> float:
+    """One optimizer step of the (reward-weighted) KD loss on one batch; returns the loss."""
+    drafter.model.train()
+    logits = drafter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    loss = reward_weighted_kd_loss(logits, batch.teacher, batch.response_mask, batch.weights, temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable_parameters(drafter), 1.0)
+    optimizer.step()
+    drafter.model.eval()
+    return float(loss.detach())
+
+
+def distill(
+    drafter: Drafter,
+    target: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    steps: int = 200,
+    batch_size: int = 8,
+    lr: float = 3e-4,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Distil `target` into `drafter` on (prompt, response) pairs; returns the loss per step.
+
+    The drafter must be in float32 (cast it down afterwards for inference); its version goes up by one.
+    """
+    if next(drafter.model.parameters()).dtype != torch.float32:
+        raise ValueError("distill trains in float32: build the drafter from a float32 target, cast it afterwards")
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    batches = []
+    for start in tqdm(range(0, len(order), batch_size), desc="teacher targets", disable=not progress):
+        rows = order[start : start + batch_size]
+        batch = make_kd_batch([prompts[r] for r in rows], [responses[r] for r in rows])
+        attach_teacher(batch, target, drafter, temperature, top_k)
+        batches.append(batch)
+    optimizer = torch.optim.AdamW(trainable_parameters(drafter), lr=lr, weight_decay=0.0)
+    losses = []
+    with tqdm(range(steps), desc="distilling drafter", disable=not progress) as bar:
+        for step in bar:
+            losses.append(kd_step(drafter, batches[step % len(batches)], optimizer, temperature))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    drafter.version += 1
+    return losses
