@@ -1,0 +1,1 @@
+"""Prompts generated locally (no data set is downloaded)."""
