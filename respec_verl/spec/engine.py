@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
 import torch
 
 from respec_verl.drafter.drafter import Drafter
+from respec_verl.spec.hot_swap import commit_weights, prepare_weights
 from respec_verl.spec.kv_state import KVState
 from respec_verl.spec.policy import FixedK, KPolicy
 from respec_verl.spec.proposer import DraftProposer
@@ -50,6 +52,7 @@ class SpeculativeEngine:
         self.k_policy: KPolicy = k_policy or FixedK(0 if drafter is None else 4)
         self.verifier = verifier
         self.pad_token_id = pad_token_id
+        self._lock = threading.Lock()  # a drafter swap never lands inside a generate
 
     @property
     def drafter_version(self) -> int | None:
@@ -63,10 +66,23 @@ class SpeculativeEngine:
             raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        run = _Run(self, prompts, params, seeds)
-        while run.alive:
-            run.step()
-        return GenerationOutput(run.outputs, run.out_logprobs, run.stats, self.drafter_version)
+        with self._lock:
+            run = _Run(self, prompts, params, seeds)
+            while run.alive:
+                run.step()
+            return GenerationOutput(run.outputs, run.out_logprobs, run.stats, self.drafter_version)
+
+    def swap_drafter(self, new: Drafter | dict[str, torch.Tensor], version: int | None = None) -> None:
+        """Load new drafter weights (a Drafter or a state dict) all or nothing; see `hot_swap`.
+
+        Validation runs while generation goes on; the copy waits for a running generate to end.
+        A rejected swap raises `DrafterSwapError` and leaves the drafter and its version as they were.
+        """
+        if self.drafter is None:
+            raise ValueError("this engine has no drafter to swap weights into; build it with one")
+        weights = prepare_weights(self.drafter, new, version)
+        with self._lock:
+            commit_weights(self.drafter, weights)
 
 
 class _Run:
