@@ -27,8 +27,10 @@ def sequence_weights(scores: torch.Tensor | None, weighting: str = "reward", w_m
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if not 0.0 <= w_min <= 1.0:
         raise ValueError(f"w_min must be in [0, 1], got {w_min}")
-    if weighting == "uniform" or scores is None:
-        return torch.ones(0 if scores is None else scores.shape[0])
+    if scores is None:
+        return torch.ones(0)
+    if weighting == "uniform":
+        return torch.ones_like(scores, dtype=torch.float32)
     scores = scores.detach().float()
     finite = torch.isfinite(scores)
     if not finite.any():
@@ -95,7 +97,7 @@ def reward_weighted_kd_loss(
     # forward KL(p || q) = sum_v p (log p - log q); 0 * log 0 terms vanish
     token_kl = (p * (log_p - log_q)).nan_to_num(nan=0.0, posinf=0.0).sum(dim=-1)  # [B, T]
     mask = response_mask.to(token_kl.dtype)
-    w = torch.ones(token_kl.shape[0]) if weights is None else weights.to(token_kl.dtype)
+    w = torch.ones_like(token_kl[:, 0]) if weights is None else weights.to(token_kl)
     per_sequence = (token_kl * mask).sum(dim=1) * w
     if aggregation == "seq_sum":
         return per_sequence.mean()

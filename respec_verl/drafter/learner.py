@@ -1,0 +1,398 @@
+"""The online drafter learner: distil the actor into the drafter after each RL step (ReSpec Alg. 1).
+
+The actor changes every step, so a frozen drafter goes stale. The learner keeps the latest rollouts
+with the actor's soft labels, trains a private float32 copy of the drafter on them with the
+reward-weighted KD loss, and publishes a new, never-mutated drafter (version + 1) for the engine to
+hot-swap in. In async mode the update runs in a background thread (torch releases the GIL) while
+the caller runs the actor update or the next rollout; at most one update is in flight, so a
+rollout uses a drafter at most one version behind. A bad update (NaN or exploding loss or
+gradient, or any exception) never reaches the RL loop: the learner restores its last good state,
+logs a warning and counts the failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from respec_verl.drafter.distill import KDBatch, attach_teacher, make_kd_batch, trainable_parameters
+from respec_verl.drafter.drafter import Drafter
+from respec_verl.drafter.kd_loss import (
+    AGGREGATIONS,
+    WEIGHTINGS,
+    TeacherTargets,
+    reward_weighted_kd_loss,
+    sequence_weights,
+    teacher_targets,
+)
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "actor_rollout_ref.respec.evolution"
+
+
+@dataclass
+class LearnerConfig:
+    """`actor_rollout_ref.respec.evolution`: how and when the drafter follows the actor.
+
+    `interval`: update every this many RL steps (ReSpec's Async-1 is best); `steps_per_update`
+    optimizer steps of `batch_size` rollouts each; `weighting` of each rollout in {reward,
+    advantage, uniform}, min-max normalised into [`w_min`, 1] per update; `temperature` of the
+    rollouts (the actor's soft labels are taken at it; 0 means greedy rollouts, labels at 1);
+    `top_k` > 0 keeps sparse top-k labels (memory: dense labels are [tokens, vocab] floats).
+    Guards: a loss above `max_loss` (nats per token) or a pre-clip gradient norm above
+    `max_grad_norm` rejects the whole update; gradients are clipped to `grad_clip`.
+    """
+
+    interval: int = 1
+    steps_per_update: int = 4
+    lr: float = 3e-4
+    batch_size: int = 8
+    weighting: str = "reward"
+    w_min: float = 0.1
+    aggregation: str = "token_mean"
+    temperature: float = 1.0
+    top_k: int = 64
+    async_update: bool = True
+    buffer_size: int = 1024
+    grad_clip: float = 1.0
+    max_loss: float = 100.0
+    max_grad_norm: float = 1e3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "steps_per_update", "batch_size", "buffer_size"):
+            value = getattr(self, name)
+            _require(name, value, _is_int(value) and value >= 1, "an integer >= 1")
+        _require("top_k", self.top_k, _is_int(self.top_k) and self.top_k >= 0, "an integer >= 0 (0: dense labels)")
+        _require("seed", self.seed, _is_int(self.seed), "an integer")
+        for name in ("lr", "grad_clip", "max_loss", "max_grad_norm"):
+            value = getattr(self, name)
+            _require(name, value, _is_real(value) and 0 < value < math.inf, "a finite number > 0")
+        _require("weighting", self.weighting, self.weighting in WEIGHTINGS, f"one of {WEIGHTINGS}")
+        _require("aggregation", self.aggregation, self.aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}")
+        _require("w_min", self.w_min, _is_real(self.w_min) and 0.0 <= self.w_min <= 1.0, "a number in [0, 1]")
+        ok = _is_real(self.temperature) and 0.0 <= self.temperature < math.inf
+        _require("temperature", self.temperature, ok, "a finite number >= 0 (0: greedy rollouts)")
+        _require("async_update", self.async_update, isinstance(self.async_update, bool), "True or False")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _require(name: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{CONFIG_KEY}.{name} must be {allowed}, got {value!r}")
+
+
+@dataclass
+class _Rollout:
+    """One rollout and the actor's labels at the positions that predict its response tokens."""
+
+    prompt: list[int]
+    response: list[int]
+    score: float
+    teacher: TeacherTargets  # logprobs [R, Vd or K], sparse_ids [R, K] or None
+
+
+class _Rejected(Exception):
+    """An update tripped a guard (non-finite or exploding loss or gradient)."""
+
+
+class DrafterLearner:
+    """Trains a copy of `drafter` online on the actor's rollouts and publishes versioned drafters.
+
+    Give `target` (the actor) to have the learner compute the actor's labels itself when rollouts
+    are added; otherwise pass the actor's logits to `add_rollouts`. Labels are taken when rollouts
+    are added, not at update time, because the actor is updated in place while an async drafter
+    update runs.
+    """
+
+    def __init__(self, drafter: Drafter, config: LearnerConfig | None = None, target: torch.nn.Module | None = None):
+        self.config = config or LearnerConfig()
+        self.target = target
+        self._dtype = next(drafter.model.parameters()).dtype
+        model = copy.deepcopy(drafter.model).float()
+        model.eval()
+        self._train = Drafter(model, drafter.draft_to_target, drafter.version)
+        self._optimizer = torch.optim.AdamW(trainable_parameters(self._train), lr=self.config.lr, weight_decay=0.0)
+        self._rng = random.Random(self.config.seed)
+        self._buffer: deque[_Rollout] = deque(maxlen=self.config.buffer_size)
+        self._lock = threading.Lock()  # guards the buffer, the published drafter and the counters
+        self._thread: threading.Thread | None = None
+        self._updates = self._failures = self._tokens_seen = 0
+        self._metrics: dict[str, float] = {}
+        self._published = self._publish()
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def add_rollouts(
+        self,
+        prompts: Sequence[Sequence[int]],
+        responses: Sequence[Sequence[int]],
+        scores: Sequence[float] | torch.Tensor | None = None,
+        teacher_logits: Sequence[torch.Tensor] | None = None,
+    ) -> None:
+        """Buffer rollouts: scores are rewards or advantages (per `weighting`); empty responses are skipped.
+
+        `teacher_logits[i]` holds the actor's logits [>= len(responses[i]), V] at the positions that
+        predict each response token (what verl's actor computes for response log-probs).
+        """
+        n = len(prompts)
+        if len(responses) != n or (scores is not None and len(scores) != n):
+            raise ValueError(f"got {n} prompts and {len(responses)} responses, and scores for each are needed")
+        if scores is None and self.config.weighting != "uniform":
+            raise ValueError(f"weighting={self.config.weighting!r} needs a score (reward or advantage) per rollout")
+        if teacher_logits is None and self.target is None:
+            raise ValueError("pass teacher_logits, or give the learner the target (actor) model to compute them")
+        if teacher_logits is not None and (
+            len(teacher_logits) != n or any(len(teacher_logits[i]) < len(responses[i]) for i in range(n))
+        ):
+            raise ValueError("teacher_logits needs one [>= len(response), V] tensor per rollout")
+        keep = [i for i in range(n) if len(responses[i]) > 0 and len(prompts[i]) > 0]
+        score_list = [math.nan] * n if scores is None else [float(s) for s in scores]
+        if teacher_logits is not None:
+            labels = [self._labels(teacher_logits[i][: len(responses[i])]) for i in keep]
+        else:
+            labels = self._labels_from_target([prompts[i] for i in keep], [responses[i] for i in keep])
+        with self._lock:
+            for i, teacher in zip(keep, labels):
+                self._buffer.append(_Rollout(list(prompts[i]), list(responses[i]), score_list[i], teacher))
+
+    def _labels(self, logits: torch.Tensor) -> TeacherTargets:
+        t = teacher_targets(logits[None].detach().cpu(), self.config.temperature, self._map(), self.config.top_k)
+        return TeacherTargets(t.logprobs[0], None if t.sparse_ids is None else t.sparse_ids[0])
+
+    def _labels_from_target(self, prompts: list[Sequence[int]], responses: list[Sequence[int]]) -> list[TeacherTargets]:
+        labels = []
+        for start in range(0, len(prompts), self.config.batch_size):
+            rows = range(start, min(start + self.config.batch_size, len(prompts)))
+            batch = make_kd_batch([prompts[r] for r in rows], [responses[r] for r in rows])
+            attach_teacher(batch, self.target, self._train, self.config.temperature, self.config.top_k)
+            for row, r in enumerate(rows):
+                at = slice(len(prompts[r]) - 1, len(prompts[r]) - 1 + len(responses[r]))
+                ids = batch.teacher.sparse_ids
+                logprobs = batch.teacher.logprobs[row, at].cpu()
+                labels.append(TeacherTargets(logprobs, None if ids is None else ids[row, at].cpu()))
+        return labels
+
+    def _map(self) -> torch.Tensor | None:
+        return None if self._train.draft_to_target is None else self._train.draft_to_target.cpu()
+
+    # ---- updates ------------------------------------------------------------------------------
+
+    def update(self, step: int) -> dict[str, float] | None:
+        """Start the drafter update of RL step `step` (every `interval` steps) on the buffered rollouts.
+
+        Sync mode returns this update's metrics. Async mode returns None at once (`wait()` gives the
+        metrics); if the previous update is still running it first waits for it, so that no rollout
+        ever uses a drafter more than one version behind.
+        """
+        if step % self.config.interval != 0:
+            return None
+        self.wait()
+        with self._lock:
+            rollouts = list(self._buffer)
+            self._buffer.clear()
+        if not rollouts:
+            return None
+        if not self.config.async_update:
+            return self._run(rollouts)
+        self._thread = threading.Thread(target=self._run, args=(rollouts,), name="respec-drafter-update", daemon=True)
+        self._thread.start()
+        return None
+
+    def wait(self, timeout: float | None = None) -> dict[str, float]:
+        """Block until the running update (if any) ends; returns the metrics of the last finished one."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.metrics
+
+    @property
+    def pending(self) -> bool:
+        """True while an async update is running (the published drafter is then one version behind)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def latest(self) -> Drafter:
+        """The newest drafter whose update finished; the learner never mutates it."""
+        with self._lock:
+            return self._published
+
+    @property
+    def version(self) -> int:
+        return self.latest().version
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._metrics)
+
+    def _run(self, rollouts: list[_Rollout]) -> dict[str, float]:
+        """One update, all or nothing; never raises (it runs in the RL loop's thread or in the background)."""
+        start = time.perf_counter()
+        snapshot, weights = None, torch.ones(len(rollouts))
+        try:
+            snapshot = self._snapshot()
+            scores = torch.tensor([r.score for r in rollouts], dtype=torch.float32)
+            weights = sequence_weights(scores, self.config.weighting, self.config.w_min)
+            losses, norms, tokens = self._train_on(rollouts, weights)
+            published = self._publish(self._train.version + 1)
+        except Exception as error:  # noqa: BLE001 - a drafter failure must never stop the RL run
+            if snapshot is not None:  # no snapshot: the training copy was never touched
+                self._restore(snapshot)
+            reason = f"{type(error).__name__}: {error}"
+            logger.warning("drafter update rejected, keeping drafter version %d: %s", self.version, reason)
+            ok, losses, norms, tokens = False, [math.nan], [math.nan], 0
+        else:
+            ok = True
+        with self._lock:
+            if ok:
+                self._train.version += 1
+                self._published = published
+                self._updates += 1
+                self._tokens_seen += tokens
+            else:
+                self._failures += 1
+            self._metrics = {
+                "respec/drafter/loss": sum(losses) / len(losses),
+                "respec/drafter/loss_last": losses[-1],
+                "respec/drafter/grad_norm": sum(norms) / len(norms),
+                "respec/drafter/weight_mean": float(weights.mean()),
+                "respec/drafter/weight_min": float(weights.min()),
+                "respec/drafter/weight_max": float(weights.max()),
+                "respec/drafter/rollouts": float(len(rollouts)),
+                "respec/drafter/tokens": float(tokens),
+                "respec/drafter/tokens_seen": float(self._tokens_seen),
+                "respec/drafter/update_time_s": time.perf_counter() - start,
+                "respec/drafter/version": float(self._published.version),
+                "respec/drafter/updates": float(self._updates),
+                "respec/drafter/failures": float(self._failures),
+                "respec/drafter/update_ok": float(ok),
+            }
+            return dict(self._metrics)
+
+    def _train_on(self, rollouts: list[_Rollout], weights: torch.Tensor) -> tuple[list[float], list[float], int]:
+        """`steps_per_update` optimizer steps over shuffled mini-batches of the rollouts."""
+        order = list(range(len(rollouts)))
+        self._rng.shuffle(order)
+        size = min(self.config.batch_size, len(order))
+        losses, norms, tokens = [], [], 0
+        for step in range(self.config.steps_per_update):
+            rows = [order[(step * size + j) % len(order)] for j in range(size)]
+            batch = self._batch([rollouts[r] for r in rows], weights[rows])
+            loss, norm = self._optimizer_step(batch, step)
+            losses.append(loss)
+            norms.append(norm)
+            tokens += int(batch.response_mask.sum())
+        bad = [name for name, p in self._train.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise _Rejected(f"non-finite drafter weights after the update: {bad[:3]}")
+        return losses, norms, tokens
+
+    def _optimizer_step(self, batch: KDBatch, step: int) -> tuple[float, float]:
+        model = self._train.model
+        model.train()
+        try:
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            loss = self._loss(logits, batch)
+            value = float(loss.detach())
+            if not math.isfinite(value) or value > self.config.max_loss:
+                raise _Rejected(f"loss {value:.4g} at optimizer step {step} (max_loss {self.config.max_loss:g})")
+            self._optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            params = trainable_parameters(self._train)
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+            if not math.isfinite(norm) or norm > self.config.max_grad_norm:
+                limit = self.config.max_grad_norm
+                raise _Rejected(f"gradient norm {norm:.4g} at optimizer step {step} (max_grad_norm {limit:g})")
+            self._optimizer.step()
+        finally:
+            self._optimizer.zero_grad(set_to_none=True)
+            model.eval()
+        return value, norm
+
+    def _loss(self, draft_logits: torch.Tensor, batch: KDBatch) -> torch.Tensor:
+        """The training objective (a hook, so tests can slow it down or break it on purpose)."""
+        c = self.config
+        return reward_weighted_kd_loss(
+            draft_logits, batch.teacher, batch.response_mask, batch.weights, c.temperature, c.aggregation
+        )
+
+    def _batch(self, rollouts: list[_Rollout], weights: torch.Tensor) -> KDBatch:
+        """Right-padded ids with the stored labels placed at the positions that predict the response."""
+        batch = make_kd_batch([r.prompt for r in rollouts], [r.response for r in rollouts])
+        (rows, width), first = batch.input_ids.shape, rollouts[0].teacher
+        logprobs = torch.zeros(rows, width, first.logprobs.shape[-1])
+        sparse = None
+        if first.sparse_ids is not None:
+            sparse = torch.zeros(rows, width, first.sparse_ids.shape[-1], dtype=torch.long)
+        for row, rollout in enumerate(rollouts):
+            at = slice(len(rollout.prompt) - 1, len(rollout.prompt) - 1 + len(rollout.response))
+            logprobs[row, at] = rollout.teacher.logprobs
+            if sparse is not None:
+                sparse[row, at] = rollout.teacher.sparse_ids
+        device = next(self._train.model.parameters()).device
+        batch.input_ids, batch.attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        batch.response_mask = batch.response_mask.to(device)
+        batch.teacher = TeacherTargets(logprobs.to(device), None if sparse is None else sparse.to(device))
+        batch.weights = weights.to(device)
+        return batch
+
+    # ---- state --------------------------------------------------------------------------------
+
+    def _publish(self, version: int | None = None) -> Drafter:
+        """An inference copy of the training drafter in the original dtype, frozen."""
+        model = copy.deepcopy(self._train.model).to(self._dtype).eval()
+        model.requires_grad_(False)
+        return Drafter(model, self._train.draft_to_target, self._train.version if version is None else version)
+
+    def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        weights = {name: t.detach().clone() for name, t in self._train.model.state_dict().items()}
+        return weights, copy.deepcopy(self._optimizer.state_dict())
+
+    def _restore(self, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
+        self._train.model.load_state_dict(snapshot[0])
+        self._optimizer.load_state_dict(snapshot[1])
+        self._optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints: drafter weights, optimizer state, version, counters (not the rollout buffer)."""
+        self.wait()
+        weights, optimizer = self._snapshot()
+        return {
+            "model": weights,
+            "optimizer": optimizer,
+            "version": self._train.version,
+            "counters": {"updates": self._updates, "failures": self._failures, "tokens_seen": self._tokens_seen},
+            "rng": self._rng.getstate(),
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()`; the restored drafter is published at its saved version."""
+        self.wait()
+        self._train.model.load_state_dict(state["model"])
+        self._optimizer.load_state_dict(state["optimizer"])
+        self._rng.setstate(state["rng"])
+        with self._lock:
+            self._train.version = int(state["version"])
+            counters = state["counters"]
+            self._updates, self._failures = int(counters["updates"]), int(counters["failures"])
+            self._tokens_seen = int(counters["tokens_seen"])
+            self._published = self._publish()

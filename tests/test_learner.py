@@ -1,0 +1,258 @@
+"""The online drafter learner: it learns, versions, overlaps, survives bad updates, and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+import pytest
+import torch
+
+from respec_verl.drafter import DrafterLearner, LearnerConfig, self_draft
+from respec_verl.drafter.distill import attach_teacher, make_kd_batch
+from respec_verl.drafter.kd_loss import reward_weighted_kd_loss
+from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from tests.conftest import tiny_llama
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16)
+
+
+def rollouts(target, count: int, seed: int = 0):
+    """Prompts, the target's greedy responses and rewards in [0, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(0, 97, (count, 3), generator=gen).tolist()
+    responses = SpeculativeEngine(target).generate(prompts, GREEDY).token_ids
+    return prompts, responses, torch.rand(count, generator=gen).tolist()
+
+
+def small_learner(target, **overrides) -> DrafterLearner:
+    config = dict(steps_per_update=2, batch_size=4, lr=1e-3, top_k=0, async_update=False)
+    config.update(overrides)
+    return DrafterLearner(self_draft(target, 1), LearnerConfig(**config), target=target)
+
+
+def weights_of(drafter) -> dict[str, torch.Tensor]:
+    return {name: t.clone() for name, t in drafter.model.state_dict().items()}
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_an_update_lowers_kd_loss_and_raises_acceptance():
+    target = tiny_llama(seed=41, layers=4, init_std=0.1)
+    prompts, responses, rewards = rollouts(target, 160)
+    learner = small_learner(target, steps_per_update=60, batch_size=32, lr=3e-3)
+    held_out = make_kd_batch(prompts[128:], responses[128:])
+    attach_teacher(held_out, target, learner.latest(), 1.0, 0)
+
+    def held_out_loss(drafter) -> float:
+        with torch.no_grad():
+            logits = drafter.model(input_ids=held_out.input_ids, attention_mask=held_out.attention_mask).logits
+        return float(reward_weighted_kd_loss(logits, held_out.teacher, held_out.response_mask))
+
+    engine = SpeculativeEngine(target, self_draft(target, 1), FixedK(3))
+    before_loss = held_out_loss(learner.latest())
+    before_acc = engine.generate(prompts[128:], GREEDY).stats.acceptance_rate
+    learner.add_rollouts(prompts[:128], responses[:128], rewards[:128])
+    metrics = learner.update(step=1)
+    engine.swap_drafter(learner.latest())
+    after_acc = engine.generate(prompts[128:], GREEDY).stats.acceptance_rate
+    assert metrics["respec/drafter/update_ok"] == 1.0
+    assert metrics["respec/drafter/loss_last"] < metrics["respec/drafter/loss"]
+    assert held_out_loss(learner.latest()) < 0.7 * before_loss
+    assert after_acc > before_acc + 0.1, (before_acc, after_acc)
+    assert engine.drafter_version == 1
+
+
+def test_version_advances_once_per_update_every_interval_steps():
+    target = tiny_llama(seed=42)
+    prompts, responses, rewards = rollouts(target, 8)
+    learner = small_learner(target, interval=2)
+    versions = []
+    for step in range(1, 5):
+        learner.add_rollouts(prompts, responses, rewards)
+        learner.update(step)
+        versions.append(learner.version)
+    assert versions == [0, 1, 1, 2]
+    metrics = learner.metrics
+    assert metrics["respec/drafter/version"] == 2 and metrics["respec/drafter/updates"] == 2
+    assert metrics["respec/drafter/rollouts"] == 16  # steps 3 and 4 both fed the second update
+    assert metrics["respec/drafter/tokens"] == 2 * 4 * 16  # 2 optimizer steps x 4 rollouts x 16 tokens
+    assert metrics["respec/drafter/tokens_seen"] == 2 * metrics["respec/drafter/tokens"]
+    assert 0.1 <= metrics["respec/drafter/weight_min"] <= metrics["respec/drafter/weight_mean"]
+    assert metrics["respec/drafter/weight_max"] == pytest.approx(1.0)
+    assert learner.update(5) is None and learner.update(6) is None  # nothing buffered: no update
+    assert learner.version == 2
+
+
+def test_published_drafters_are_never_mutated():
+    target = tiny_llama(seed=43)
+    prompts, responses, rewards = rollouts(target, 8)
+    learner = small_learner(target)
+    first = learner.latest()
+    frozen = weights_of(first)
+    learner.add_rollouts(prompts, responses, rewards)
+    learner.update(1)
+    assert learner.latest() is not first and first.version == 0
+    assert same_weights(weights_of(first), frozen)
+    assert not same_weights(weights_of(learner.latest()), frozen)
+
+
+class GatedLearner(DrafterLearner):
+    """Its loss waits for a test event: an update that is provably still running."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def _loss(self, draft_logits, batch):
+        self.started.set()
+        assert self.release.wait(10), "test gate never released"
+        return super()._loss(draft_logits, batch)
+
+
+def test_async_update_overlaps_and_rollouts_lag_at_most_one_version():
+    target = tiny_llama(seed=44)
+    prompts, responses, rewards = rollouts(target, 8)
+    config = LearnerConfig(steps_per_update=1, batch_size=4, top_k=0)
+    learner = GatedLearner(self_draft(target, 1), config, target=target)
+    learner.add_rollouts(prompts, responses, rewards)
+    assert learner.update(1) is None  # returned while the update is blocked inside its loss
+    assert learner.started.wait(10) and learner.pending
+    # the caller runs the next rollout meanwhile, with the drafter one version behind
+    engine = SpeculativeEngine(target, learner.latest(), FixedK(2))
+    out = engine.generate(prompts, GREEDY)
+    assert out.drafter_version == 0 and learner.pending
+    learner.add_rollouts(prompts, out.token_ids, rewards)
+    second = threading.Thread(target=learner.update, args=(2,))
+    second.start()
+    second.join(0.2)
+    assert second.is_alive()  # update 2 waits for update 1: never two versions behind
+    assert learner.version == 0
+    learner.release.set()
+    second.join(10)
+    assert learner.version >= 1  # update 1 finished before update 2 started
+    metrics = learner.wait()
+    assert learner.version == 2 and not learner.pending
+    assert metrics["respec/drafter/version"] == 2 and metrics["respec/drafter/failures"] == 0
+
+
+class FaultyLearner(DrafterLearner):
+    """Its next loss is NaN after wrecking the weights, or raises: the failures the learner must absorb."""
+
+    fault: str | None = None
+
+    def _loss(self, draft_logits, batch):
+        fault, self.fault = self.fault, None
+        if fault == "nan":
+            with torch.no_grad():
+                next(self._train.model.parameters()).fill_(math.nan)
+            return super()._loss(draft_logits, batch) * math.nan
+        if fault == "raise":
+            raise RuntimeError("boom in the background")
+        return super()._loss(draft_logits, batch)
+
+
+@pytest.mark.parametrize("fault,async_update,reason", [("nan", False, "loss nan"), ("raise", True, "boom")])
+def test_failed_update_keeps_last_good_drafter_and_next_update_works(fault, async_update, reason, caplog):
+    target = tiny_llama(seed=45)
+    prompts, responses, rewards = rollouts(target, 8)
+    config = LearnerConfig(steps_per_update=2, batch_size=4, lr=1e-3, top_k=0, async_update=async_update)
+    learner = FaultyLearner(self_draft(target, 1), config, target=target)
+    learner.add_rollouts(prompts, responses, rewards)
+    learner.update(1)
+    learner.wait()
+    good, state = learner.latest(), learner.state_dict()["model"]
+    learner.fault = fault
+    learner.add_rollouts(prompts, responses, rewards)
+    with caplog.at_level(logging.WARNING, logger="respec_verl.drafter.learner"):
+        learner.update(2)  # must not raise, in either mode
+        metrics = learner.wait()
+    assert reason in caplog.text
+    assert metrics["respec/drafter/failures"] == 1 and metrics["respec/drafter/update_ok"] == 0
+    assert learner.latest() is good and learner.version == 1
+    assert same_weights(learner.state_dict()["model"], state)  # training copy restored, no NaN left
+    learner.add_rollouts(prompts, responses, rewards)
+    learner.update(3)
+    metrics = learner.wait()
+    assert metrics["respec/drafter/update_ok"] == 1 and learner.version == 2
+    assert math.isfinite(metrics["respec/drafter/loss"])
+    assert not same_weights(learner.state_dict()["model"], state)
+
+
+def test_exploding_loss_is_rejected_by_max_loss(caplog):
+    target = tiny_llama(seed=46)
+    prompts, responses, rewards = rollouts(target, 8)
+    learner = small_learner(target, max_loss=1e-6)
+    before = weights_of(learner.latest())
+    learner.add_rollouts(prompts, responses, rewards)
+    with caplog.at_level(logging.WARNING, logger="respec_verl.drafter.learner"):
+        metrics = learner.update(1)
+    assert "max_loss" in caplog.text
+    assert metrics["respec/drafter/failures"] == 1 and learner.version == 0
+    assert same_weights(weights_of(learner.latest()), before)
+
+
+def test_state_dict_round_trip_resumes_identically():
+    target = tiny_llama(seed=47)
+    prompts, responses, rewards = rollouts(target, 8)
+    a = small_learner(target)
+    a.add_rollouts(prompts, responses, rewards)
+    a.update(1)
+    b = small_learner(target)
+    b.load_state_dict(a.state_dict())
+    assert b.version == a.version == 1 and b.metrics == {} and b.state_dict()["counters"] == a.state_dict()["counters"]
+    assert same_weights(weights_of(b.latest()), weights_of(a.latest()))
+    for learner in (a, b):  # the same next update from the same state gives the same drafter
+        learner.add_rollouts(prompts, responses, rewards)
+        learner.update(2)
+    assert b.version == 2
+    for name, tensor in weights_of(a.latest()).items():
+        torch.testing.assert_close(weights_of(b.latest())[name], tensor, rtol=0, atol=0)
+
+
+def test_teacher_logits_can_be_given_instead_of_a_target():
+    target = tiny_llama(seed=48)
+    prompts, responses, rewards = rollouts(target, 4)
+    batch = make_kd_batch(prompts, responses)
+    with torch.no_grad():
+        logits = target(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    given = [logits[i, len(p) - 1 : len(p) - 1 + len(r)] for i, (p, r) in enumerate(zip(prompts, responses))]
+    config = LearnerConfig(steps_per_update=1, batch_size=4, top_k=8, async_update=False, seed=3)
+    by_logits = DrafterLearner(self_draft(target, 1), config)
+    by_target = DrafterLearner(self_draft(target, 1), config, target)
+    by_logits.add_rollouts(prompts, responses, rewards, teacher_logits=given)
+    by_target.add_rollouts(prompts, responses, rewards)
+    loss = by_target.update(1)["respec/drafter/loss"]
+    assert by_logits.update(1)["respec/drafter/loss"] == pytest.approx(loss, rel=1e-5)
+    with pytest.raises(ValueError, match="teacher_logits"):
+        DrafterLearner(self_draft(target, 1), config).add_rollouts(prompts, responses, rewards)
+    with pytest.raises(ValueError, match="score"):
+        by_target.add_rollouts(prompts, responses)
+
+
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("interval", 0, ">= 1"),
+        ("steps_per_update", 1.5, ">= 1"),
+        ("batch_size", True, ">= 1"),
+        ("lr", 0.0, "> 0"),
+        ("weighting", "rank", "('reward', 'advantage', 'uniform')"),
+        ("w_min", 1.5, "[0, 1]"),
+        ("aggregation", "mean", "('token_mean', 'seq_sum')"),
+        ("temperature", -1.0, ">= 0"),
+        ("top_k", -1, ">= 0"),
+        ("async_update", "yes", "True or False"),
+        ("max_loss", math.inf, "finite"),
+        ("max_grad_norm", math.nan, "finite"),
+    ],
+)
+def test_config_errors_name_the_full_key_value_and_allowed_values(field, value, allowed):
+    with pytest.raises(ValueError) as error:
+        LearnerConfig(**{field: value})
+    message = str(error.value)
+    assert f"actor_rollout_ref.respec.evolution.{field} " in message
+    assert repr(value) in message and allowed in message
