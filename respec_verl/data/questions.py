@@ -22,3 +22,21 @@ def make_questions(n: int, seed: int) -> list[str]:
         rng.choice(TEMPLATES).format(a=rng.randint(2, 99), b=rng.randint(2, 99), s=rng.choice(SUBJECTS))
         for _ in range(n)
     ]
+
+
+SHORT = "What is {a} + {b}? Answer with the number only."
+LONG = ["Write a short story about {s}.", "Explain in detail how {s} changes over a year.", "Write a poem about {s}."]
+
+
+def make_long_tail_questions(n: int, seed: int, long_fraction: float = 0.25) -> list[str]:
+    """A batch whose answers end at very different lengths, like an RL rollout's long tail.
+
+    Most questions are answered in a few tokens; `long_fraction` of them ask for long texts that run
+    to the length cap, so the live batch shrinks from n to a handful of stragglers.
+    """
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        template = rng.choice(LONG) if rng.random() < long_fraction else rng.choice([SHORT] + TEMPLATES)
+        out.append(template.format(a=rng.randint(2, 99), b=rng.randint(2, 99), s=rng.choice(SUBJECTS)))
+    return out

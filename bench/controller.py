@@ -1,0 +1,142 @@
+"""Adaptive controller vs every static k vs plain decoding, measured side by side in one run.
+
+SmolLM2-135M-Instruct target, a 2-layer reduced-vocabulary self-draft distilled on the target's
+answers. The step costs are profiled first (as `respec-verl profile` does); then, for each batch
+size, the same prompts run under plain decoding, each static k and the controller; finally one
+long-tail rollout (64 requests whose answers end at very different lengths) runs under the
+controller, the best static k and plain decoding. Writes JSON and a PNG plot.
+
+    python bench/controller.py --out bench/results/controller.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from respec_verl.data.questions import make_long_tail_questions, make_questions
+from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
+from respec_verl.models.smollm2 import MODEL_NAME, encode_chat, load_smollm2
+from respec_verl.spec import AdaptiveController, ControllerConfig, FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.spec.profile import ProfileKey, profile_step_costs
+
+
+def timed(engine: SpeculativeEngine, prompts, params) -> dict:
+    start = time.perf_counter()
+    out = engine.generate(prompts, params)
+    wall = time.perf_counter() - start
+    return {
+        "tokens_per_s": out.stats.generated_tokens / wall,
+        "wall_s": wall,
+        "accept_length": out.stats.mean_accept_length,
+        "steps": [(s.batch_size, s.k) for s in out.stats.steps],
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    sizes = [r["batch_size"] for r in result["by_batch_size"]]
+    names = [n for n in result["by_batch_size"][0]["runs"] if n != "plain"]
+    for name in names:
+        ratios = [r["runs"][name]["tokens_per_s"] / r["runs"]["plain"]["tokens_per_s"] for r in result["by_batch_size"]]
+        left.plot(sizes, ratios, marker="o", lw=3 if name == "controller" else 1, label=name)
+    left.axhline(1.0, color="grey", ls="--")
+    left.set(xscale="log", xlabel="batch size", ylabel="tokens/s over plain decoding", title="Fixed batch")
+    left.set_xticks(sizes, [str(s) for s in sizes])
+    left.legend(fontsize=8)
+    tail = result["long_tail"]["runs"]["controller"]["steps"]
+    right.plot([b for b, _ in tail], label="live batch size")
+    right.plot([k for _, k in tail], label="k chosen")
+    right.set(xlabel="engine step", title="Long-tail rollout under the controller", yscale="symlog")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
+    parser.add_argument("--ks", default="1,2,3,4,6")
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--tail-new-tokens", type=int, default=160)
+    parser.add_argument("--distill-steps", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench/results/controller.json")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    ks = [int(k) for k in args.ks.split(",")]
+
+    target32, tokenizer = load_smollm2(torch.float32)
+    eos = tokenizer.eos_token_id
+    params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens, stop_token_ids=(eos,))
+    train = [encode_chat(tokenizer, q) for q in make_questions(128, seed=args.seed)]
+    drafter, _ = warm_up_self_draft(target32, train, actor_answers(target32, train, params), always_tokens=[eos],
+                                    steps=args.distill_steps, seed=args.seed)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    target = target32.to(dtype)
+    drafter.model.to(dtype)
+
+    profile = profile_step_costs(target, drafter, sizes, ks, context_len=128, repeats=3,
+                                 key=ProfileKey.of(target, drafter, model_name=MODEL_NAME))
+    controller = AdaptiveController(profile, ControllerConfig(max_k=max(ks), candidates=tuple([0] + ks)))
+    prompts = [encode_chat(tokenizer, q) for q in make_questions(max(sizes), seed=args.seed + 1)]
+    timed(SpeculativeEngine(target, drafter, controller), prompts[:4], params)  # warm-up, and a first acceptance estimate
+
+    by_batch = []
+    header = " ".join(f"{name:>8}" for name in ["plain"] + [f"k={k}" for k in ks] + ["ctrl"])
+    print(f"{'B':>3} tokens/s: {header} | ctrl/best-static ctrl/plain")
+    for batch in sizes:
+        runs = {"plain": timed(SpeculativeEngine(target), prompts[:batch], params)}
+        for k in ks:
+            runs[f"k={k}"] = timed(SpeculativeEngine(target, drafter, FixedK(k)), prompts[:batch], params)
+        runs["controller"] = timed(SpeculativeEngine(target, drafter, controller), prompts[:batch], params)
+        best_static = max(runs[f"k={k}"]["tokens_per_s"] for k in ks)
+        row = {"batch_size": batch, "runs": runs,
+               "controller_over_best_static": runs["controller"]["tokens_per_s"] / best_static,
+               "controller_over_plain": runs["controller"]["tokens_per_s"] / runs["plain"]["tokens_per_s"]}
+        by_batch.append(row)
+        cells = " ".join(f"{runs[n]['tokens_per_s']:8.1f}" for n in runs)
+        print(f"{batch:3d} tokens/s: {cells} | {row['controller_over_best_static']:15.2f} {row['controller_over_plain']:10.2f}",
+              flush=True)
+
+    tail_prompts = [encode_chat(tokenizer, q) for q in make_long_tail_questions(64, seed=args.seed + 2)]
+    tail_params = SamplingParams(temperature=0.0, max_new_tokens=args.tail_new_tokens, stop_token_ids=(eos,))
+    best_k = max(ks, key=lambda k: sum(r["runs"][f"k={k}"]["tokens_per_s"] / r["runs"]["plain"]["tokens_per_s"] for r in by_batch))
+    tail = {"plain": timed(SpeculativeEngine(target), tail_prompts, tail_params),
+            f"k={best_k}": timed(SpeculativeEngine(target, drafter, FixedK(best_k)), tail_prompts, tail_params),
+            "controller": timed(SpeculativeEngine(target, drafter, controller), tail_prompts, tail_params)}
+    plain_tps = tail["plain"]["tokens_per_s"]
+    for name, r in tail.items():
+        print(f"long tail {name:>10}: {r['tokens_per_s']:6.1f} tokens/s, {r['tokens_per_s'] / plain_tps:.2f}x plain, "
+              f"{r['wall_s']:.0f}s")
+
+    result = {"args": vars(args), "profile": profile.to_dict(), "schedule": controller.schedule(max(sizes)),
+              "by_batch_size": by_batch,
+              "long_tail": {"best_static_k": best_k, "runs": tail,
+                            "controller_over_plain": tail["controller"]["tokens_per_s"] / plain_tps,
+                            "controller_over_best_static": tail["controller"]["tokens_per_s"] / tail[f"k={best_k}"]["tokens_per_s"]},
+              "controller_state": controller.state_dict()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+    plot(result, out.with_suffix(".png"))
+    print(f"schedule (vLLM num_speculative_tokens_per_batch_size): {result['schedule']}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
