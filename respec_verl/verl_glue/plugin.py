@@ -1,0 +1,92 @@
+"""respec_verl's verl plugin: registers our names with verl in every process that imports verl.
+
+verl 0.9.1 loads every entry point of the `verl.plugins` group at `import verl` (in the driver, the
+TaskRunner, the workers and the rollout servers), by importing the module the entry point names;
+`VERL_USE_EXTERNAL_PLUGINS` (`auto` by default, `none`, or a comma list of entry-point names such
+as `respec`) selects which. So this module registers at import. verl logs a plugin that fails to
+load at DEBUG level and carries on, which would leave a run without our losses and fail much later
+with "Unsupported loss mode". Hence `self_check`, which code that relies on the names calls to fail
+at once with the reason, and the ERROR log below, which verl's WARNING-level logging does show.
+Where entry points are unavailable, `VERL_USE_EXTERNAL_MODULES=respec_verl.verl_glue.plugin`
+(passed to Ray workers through `ray_kwargs.ray_init.runtime_env.env_vars`) loads the same module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from respec_verl.verl_glue.losses import DISTILLATION_LOSS_WEIGHTING, POLICY_LOSS_NAME, register_losses
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT = "respec"  # our name in the `verl.plugins` group (setup.py)
+MODULE = __name__
+
+# Every name this plugin registers, by the verl registry it goes into.
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "verl.trainer.ppo.core_algos.POLICY_LOSS_REGISTRY": (POLICY_LOSS_NAME,),
+    "verl.trainer.distillation.losses.DISTILLATION_LOSS_REGISTRY": tuple(DISTILLATION_LOSS_WEIGHTING),
+    "verl.trainer.distillation.losses.DISTILLATION_SETTINGS_REGISTRY": tuple(DISTILLATION_LOSS_WEIGHTING),
+}
+
+
+def register() -> list[str]:
+    """Register everything with verl; a no-op when our names are already in place (idempotent).
+
+    Skipping a complete registration keeps a later `register_losses(w_min=...)` from a worker
+    intact when this module is imported again.
+    """
+    if not _problems():
+        return registered_names()
+    register_losses()
+    return registered_names()
+
+
+def registered_names() -> list[str]:
+    """The names this plugin puts into verl's registries, each once."""
+    return list(dict.fromkeys(name for names in EXPECTED.values() for name in names))
+
+
+def self_check() -> list[str]:
+    """Raise RuntimeError unless every name we register is in verl's registries and is ours."""
+    problems = _problems()
+    if problems:
+        policy = os.getenv("VERL_USE_EXTERNAL_PLUGINS", "auto")
+        raise RuntimeError(
+            "respec_verl is not registered with verl: "
+            + "; ".join(problems)
+            + f". verl imports the `verl.plugins` entry point {ENTRY_POINT!r} ({MODULE}) at `import verl` and "
+            f"hides its errors at DEBUG level. Check that respec_verl is installed in this environment "
+            f"(`pip show respec_verl`), that VERL_USE_EXTERNAL_PLUGINS (now {policy!r}) is 'auto' or names "
+            f"{ENTRY_POINT!r}, and run `python -c 'import {MODULE}'` to see the import error; or load it "
+            f"explicitly with VERL_USE_EXTERNAL_MODULES={MODULE}."
+        )
+    return registered_names()
+
+
+def _problems() -> list[str]:
+    """What is missing from, or foreign in, verl's registries (empty when all is in place)."""
+    problems = []
+    for where, names in EXPECTED.items():
+        registry = _registry(where)
+        for name in names:
+            if name not in registry:
+                problems.append(f"{name!r} is missing from {where}")
+            elif where.endswith("LOSS_REGISTRY") and not getattr(registry[name], "_respec", False):
+                problems.append(f"{name!r} in {where} is not respec_verl's (registered over by another package)")
+    return problems
+
+
+def _registry(where: str) -> dict:
+    import importlib
+
+    module, attr = where.rsplit(".", 1)
+    return getattr(importlib.import_module(module), attr)
+
+
+try:  # verl's plugin loader imports this module; register then, and say so loudly if it fails
+    register()
+except Exception:
+    logger.exception("respec_verl's verl plugin failed to register; runs with respec will fail self_check")
+    raise
