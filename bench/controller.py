@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--tail-new-tokens", type=int, default=160)
     parser.add_argument("--distill-steps", type=int, default=150)
+    parser.add_argument("--long-fraction", type=float, default=0.25,
+                        help="share of long-answer requests in the long-tail rollout (0.0625: 4 stragglers of 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/controller.json")
     args = parser.parse_args()
@@ -111,7 +113,7 @@ def main() -> None:
         print(f"{batch:3d} tokens/s: {cells} | {row['controller_over_best_static']:15.2f} {row['controller_over_plain']:10.2f}",
               flush=True)
 
-    tail_prompts = [encode_chat(tokenizer, q) for q in make_long_tail_questions(64, seed=args.seed + 2)]
+    tail_prompts = [encode_chat(tokenizer, q) for q in make_long_tail_questions(64, seed=args.seed + 2, long_fraction=args.long_fraction)]
     tail_params = SamplingParams(temperature=0.0, max_new_tokens=args.tail_new_tokens, stop_token_ids=(eos,))
     best_k = max(ks, key=lambda k: sum(r["runs"][f"k={k}"]["tokens_per_s"] / r["runs"]["plain"]["tokens_per_s"] for r in by_batch))
     tail = {"plain": timed(SpeculativeEngine(target), tail_prompts, tail_params),
