@@ -7,7 +7,7 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHES = {"spec": "spec_vs_plain.py", "controller": "controller.py"}
+BENCHES = {"spec": "spec_vs_plain.py", "controller": "controller.py", "evolution": "evolution.py"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a benchmark from bench/ (needs a source checkout)",
         description="Runs bench/<name>.py of a source checkout; extra arguments are passed on.",
     )
-    bench.add_argument("name", choices=sorted(BENCHES), help="spec: SD vs plain decoding; controller: adaptive k")
+    bench.add_argument("name", choices=sorted(BENCHES), help="spec: SD vs plain decoding; controller: adaptive k; evolution: drafter evolution in a GRPO run")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark (see its --help)")
 
     profile = sub.add_parser(
