@@ -12,8 +12,6 @@ controller, the best static k and plain decoding. Writes JSON and a PNG plot.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 
 from respec_verl.data.questions import make_long_tail_questions, make_questions
 from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
+from respec_verl.json_file import write_json_atomic
 from respec_verl.models.smollm2 import MODEL_NAME, encode_chat, load_smollm2
 from respec_verl.spec import AdaptiveController, ControllerConfig, FixedK, SamplingParams, SpeculativeEngine
 from respec_verl.spec.profile import ProfileKey, profile_step_costs
@@ -131,10 +130,7 @@ def main() -> None:
                             "controller_over_best_static": tail["controller"]["tokens_per_s"] / tail[f"k={best_k}"]["tokens_per_s"]},
               "controller_state": controller.state_dict()}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    write_json_atomic(out, result)
     plot(result, out.with_suffix(".png"))
     print(f"schedule (vLLM num_speculative_tokens_per_batch_size): {result['schedule']}")
     print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import time
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from respec_verl.data.arithmetic import make_problems, score
 from respec_verl.drafter import Drafter, DrafterLearner, LearnerConfig
 from respec_verl.drafter.distill import make_kd_batch
 from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
+from respec_verl.json_file import write_json_atomic
 from respec_verl.models.smollm2 import encode_chat, load_smollm2
 from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
 
@@ -193,10 +192,7 @@ def main() -> None:
               "reward_over_frozen": last["reward"] / last["frozen"], "reward_over_oracle": last["reward"] / last["oracle"],
               "async_overhead": timing["async"] / timing["off"] - 1, "sync_overhead": timing["sync"] / timing["off"] - 1}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    write_json_atomic(out, result)
     plot(result, out.with_suffix(".png"))
     print(f"after {args.steps} steps: reward-weighted / frozen = {result['reward_over_frozen']:.2f}, "
           f"/ oracle = {result['reward_over_oracle']:.2f}; async update adds {100 * result['async_overhead']:.0f}% "

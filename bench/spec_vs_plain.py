@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import resource
 import time
-from pathlib import Path
 
 import torch
 
+from respec_verl.data.questions import make_questions
 from respec_verl.drafter import Drafter
 from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
-from respec_verl.data.questions import make_questions
+from respec_verl.json_file import write_json_atomic
 from respec_verl.models.smollm2 import encode_chat, load_smollm2
 from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
 
@@ -103,10 +101,7 @@ def main() -> None:
                 print(f"{name:5} {variant:7} {batch:3d} {k:2d} {res['tokens_per_s']:7.1f} {row['speedup']:8.2f} "
                       f"{res['accept_length']:5.2f} {res['acceptance_rate']:5.2f} {c:5.3f} {bound:5.2f} "
                       f"{100 * row['fraction_of_bound']:5.0f}% {row['peak_rss_gib']:7.2f}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"args": vars(args), "torch_threads": torch.get_num_threads(), "rows": rows}, indent=1))
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, {"args": vars(args), "torch_threads": torch.get_num_threads(), "rows": rows})
     print(f"wrote {args.out}")
 
 

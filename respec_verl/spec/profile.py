@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from respec_verl.drafter.drafter import Drafter
+from respec_verl.json_file import write_json_atomic
 from respec_verl.spec.kv_state import KVState
 from respec_verl.spec.proposer import DraftProposer
 from respec_verl.spec.sampling import SamplingParams
@@ -161,7 +161,7 @@ class StepCostProfile:
         """Add or replace this key's profile in the JSON file, keeping the others; atomic."""
         path = Path(path)
         others = [p for p in _read_profiles(path) if p.get("key") != asdict(self.key)] if path.exists() else []
-        _atomic_write_json(path, {"format_version": FORMAT_VERSION, "profiles": others + [self.to_dict()]})
+        write_json_atomic(path, {"format_version": FORMAT_VERSION, "profiles": others + [self.to_dict()]})
 
     @classmethod
     def load(cls, path: str | os.PathLike, key: ProfileKey) -> StepCostProfile:
@@ -179,22 +179,6 @@ def _read_profiles(path: Path) -> list[dict]:
     if doc.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: profile format_version {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
     return list(doc["profiles"])
-
-
-def _atomic_write_json(path: Path, doc: dict) -> None:
-    """Write a temp file beside `path`, then rename it over: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _interp(points: dict[int, float], x: float) -> float:
