@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
 from collections.abc import Callable
 
@@ -19,6 +21,7 @@ from respec_verl.spec import (
     SpeculativeEngine,
     StepCostProfile,
     StepRecord,
+    StepTimeCalibration,
     build_k_policy,
     profile_step_costs,
 )
@@ -149,19 +152,183 @@ def test_no_flapping_with_noisy_acceptance_at_a_tie():
     assert switches(0.0) >= 30
 
 
-def test_probe_after_a_plain_streak_only_where_speculation_could_win():
+@pytest.mark.parametrize("calibration_decay,probe_steps", [(0.8, 2), (0.0, 1)])
+def test_probe_after_a_plain_streak_only_where_speculation_could_win(calibration_decay, probe_steps):
+    """With calibration a probe drafts twice: its first step pays the drafter's catch-up, no cost evidence."""
     profile = synthetic_profile(roofline, draft_ratio=0.3)  # k=1 needs acceptance > 0.3 at batch 1
-    controller = AdaptiveController(profile, ControllerConfig(probe_interval=5))
+    config = ControllerConfig(probe_interval=5, calibration_decay=calibration_decay)
+    controller = AdaptiveController(profile, config)
     for _ in range(100):  # acceptance collapses: plain decoding
         controller.observe(StepRecord(1, 4, [0], 0.0, 0.0))
     for _ in range(5):
         assert controller.choose_k(1) == 0
         controller.observe(StepRecord(1, 0, [0], 0.0, 0.0))
-    assert controller.choose_k(1) == 1  # one probe at the smallest k
-    assert controller.current_k == 0
+    for _ in range(probe_steps):
+        assert controller.choose_k(1) == 1  # probing at the smallest k
+        assert controller.current_k == 0
+        controller.observe(StepRecord(1, 1, [0], 0.0, 0.0))  # rejected again
+    assert controller.choose_k(1) == 0
     for _ in range(10):  # batch 64 loses even at perfect acceptance: never probed
         assert controller.choose_k(64) == 0
         controller.observe(StepRecord(64, 0, [0] * 64, 0.0, 0.0))
+
+
+# ---------------------------------------------------------------- step-time calibration
+
+
+def scaled_sd_costs(profile: StepCostProfile, factor: float) -> StepCostProfile:
+    """The profile with every draft and verify time multiplied by `factor` (plain decoding unchanged)."""
+    return StepCostProfile(
+        profile.key,
+        dict(profile.decode_s),
+        {point: t * factor for point, t in profile.draft_s.items()},
+        {point: t * factor for point, t in profile.verify_s.items()},
+    )
+
+
+def timed_record(rng: random.Random, profile: StepCostProfile, b: int, k: int, plain_cost: float, sd_cost: float):
+    """An engine step whose wall time is the profile's prediction times plain_cost (k = 0) or sd_cost (k > 0)."""
+    record = geometric_record(rng, b, k, 0.7)
+    record.step_time_s = profile.step_time(b, k, CTX) * (sd_cost if k else plain_cost)
+    return record
+
+
+def run_steps(
+    controller: AdaptiveController,
+    sizes: list[int],
+    sd_cost: float,
+    plain_cost: float = 1.0,
+    followers: tuple[AdaptiveController, ...] = (),
+    seed: int = 0,
+) -> list[int]:
+    """Drive the controller like the engine does; followers observe the same steps. Returns the ks run."""
+    rng, ks = random.Random(seed), []
+    for b in sizes:
+        ks.append(controller.choose_k(b))
+        record = timed_record(rng, controller.profile, b, ks[-1], plain_cost, sd_cost)
+        for c in (controller, *followers):
+            c.observe(record)
+    return ks
+
+
+SHRINKING = [b for b in [*range(64, 0, -4), 2, 1] for _ in range(6)]  # a rollout's batch draining
+
+
+def test_calibration_turns_sd_off_where_real_sd_steps_cost_more():
+    profile = synthetic_profile(roofline)
+    config = ControllerConfig(prior_acceptance=0.7)
+    off = dataclasses.replace(config, calibration_decay=0.0)
+    calibrated, bare = AdaptiveController(profile, config), AdaptiveController(profile, off)
+    oracle = AdaptiveController(scaled_sd_costs(profile, 1.5), off)  # knows the real costs from the start
+    flips = [b for b in range(1, 65) if calibrated.best_k(b) > 0 and oracle.best_k(b) == 0]
+    assert set(flips) & set(SHRINKING)  # the bare profile keeps SD on where it loses
+
+    ks = run_steps(calibrated, SHRINKING, sd_cost=1.5, followers=(bare, oracle))
+    assert any(k > 0 for b, k in zip(SHRINKING, ks) if b in flips)  # it did run SD there at first...
+    last_k = {b: k for b, k in zip(SHRINKING, ks)}
+    assert all(last_k[b] == 0 for b in flips if b in last_k)  # ...and turned it off within the same batch size
+    assert calibrated.calibration.ratio(0) == pytest.approx(1.0)
+    assert calibrated.calibration.ratio(1) == pytest.approx(1.5)
+    assert calibrated.schedule(64) == oracle.schedule(64)  # same acceptance evidence, real costs learnt
+    assert bare.schedule(64) != oracle.schedule(64)  # the acceptance evidence alone does not do it
+
+
+@pytest.mark.parametrize("cost", [1.0, 1.3])  # the profile exact; every step 30% slower than profiled
+def test_calibration_changes_nothing_when_costs_match_the_profile_up_to_a_common_factor(cost):
+    profile = synthetic_profile(roofline)
+    config = ControllerConfig(prior_acceptance=0.7, probe_interval=0)  # probes differ in length (tested above)
+    calibrated = AdaptiveController(profile, config)
+    bare = AdaptiveController(profile, dataclasses.replace(config, calibration_decay=0.0))
+    rng = random.Random(1)
+    for b in SHRINKING + SHRINKING[::-1]:
+        k = calibrated.choose_k(b)
+        assert bare.choose_k(b) == k
+        record = timed_record(rng, profile, b, k, cost, cost)
+        calibrated.observe(record)
+        bare.observe(record)
+    assert calibrated.calibration.log_ratio  # it did measure
+    assert all(calibrated.calibration.ratio(k) == pytest.approx(cost) for k in range(5))
+    assert calibrated.schedule(64) == bare.schedule(64)
+
+
+def test_probe_refreshes_a_stale_calibration_and_sd_comes_back():
+    """SD measured 3x dearer than profiled (contention) turns it off; probes find it cheap again."""
+    config = ControllerConfig(prior_acceptance=0.7, probe_interval=8)
+    controller = AdaptiveController(synthetic_profile(roofline), config)
+    assert controller.choose_k(1) > 0
+    run_steps(controller, [1] * 12, sd_cost=3.0)
+    assert controller.current_k == 0 and controller.best_k(1) == 0
+    stale = controller.calibration.ratio(1)
+    assert stale > 2.0
+
+    ks = run_steps(controller, [1] * 40, sd_cost=1.0, seed=1)
+    first = next(i for i, k in enumerate(ks) if k > 0)
+    assert first <= 8 and ks[first + 1] > 0  # a probe: two steps, the first pays the drafter's catch-up
+    assert controller.calibration.ratio(1) < stale / 1.5  # the stale ratio gave way to the probe's step
+    assert controller.current_k > 0 and all(k > 0 for k in ks[first:])  # speculating again, not just probing
+
+
+def test_calibration_skips_warm_up_catch_up_and_unusable_times():
+    cal = StepTimeCalibration(decay=0.5)
+    cal.observe(0, 5.0, 1.0)  # first plain step: warm-up
+    assert cal.ratio(0) == 1.0
+    cal.observe(0, 1.2, 1.0)
+    assert cal.ratio(0) == pytest.approx(1.2)
+    assert cal.ratio(2) == pytest.approx(1.2)  # no speculative evidence: a speculative step costs what plain does
+    cal.observe(1, 5.0, 1.0)  # first at k=1, and right after a plain step (the drafter's catch-up)
+    cal.observe(1, 1.5, 1.0)
+    assert cal.ratio(1) == pytest.approx(1.5)
+    cal.observe(0, 1.2, 1.0)
+    cal.observe(1, 9.0, 1.0)  # catch-up again
+    assert cal.ratio(1) == pytest.approx(1.5)
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        cal.observe(1, bad, 1.0)
+        cal.observe(1, 1.0, bad)
+    assert cal.ratio(1) == pytest.approx(1.5)
+    cal.observe(1, 1.5, 1.0)
+    cal.observe(1, 1000.0, 1.0)  # a stall: one step moves the ratio by a factor 2 at most
+    assert cal.ratio(1) == pytest.approx(3.0)
+    cal.observe(1, 1.5, 1.0)  # and the next step, weighing the past by the decay, takes half of it back
+    assert cal.ratio(1) == pytest.approx(math.sqrt(3.0 * 1.5))
+
+
+def test_calibration_borrows_from_the_nearest_speculative_k_and_can_be_off():
+    cal = StepTimeCalibration(decay=0.5)
+    for k, ratio in ((1, 1.5), (4, 2.0)):
+        cal.observe(k, 1.0, 1.0)  # warm-up
+        cal.observe(k, ratio, 1.0)
+    assert [cal.ratio(k) for k in range(6)] == pytest.approx([1.0, 1.5, 1.5, 2.0, 2.0, 2.0])
+    off = StepTimeCalibration(decay=0.0)
+    for _ in range(5):
+        off.observe(1, 3.0, 1.0)
+    assert off.ratio(1) == 1.0 and not off.log_ratio
+    with pytest.raises(ValueError, match="decay"):
+        StepTimeCalibration(decay=1.0)
+
+
+def test_calibration_survives_a_state_dict_round_trip_and_old_states_load():
+    profile = synthetic_profile(roofline)
+    config = ControllerConfig(prior_acceptance=0.7)
+    controller = AdaptiveController(profile, config)
+    run_steps(controller, SHRINKING, sd_cost=1.5)
+    state = json.loads(json.dumps(controller.state_dict()))
+    restored = AdaptiveController.from_state_dict(state, config)
+    assert restored.calibration.state_dict() == controller.calibration.state_dict()  # ratios and their ages
+    assert restored.calibration.ratio(1) == pytest.approx(1.5)
+
+    old = {key: value for key, value in state.items() if key not in ("calibration", "probe_left")}
+    legacy = AdaptiveController.from_state_dict(old, config)  # saved before calibration existed
+    assert legacy.calibration.log_ratio == {} and legacy.calibration.ratio(1) == 1.0
+    assert legacy.acceptance.rates() == controller.acceptance.rates()
+    assert restored.schedule(64) == controller.schedule(64) != legacy.schedule(64)  # the calibration decides
+
+    rng = random.Random(2)  # and both go on alike (the restored one skips its own warm-up steps)
+    for b in (8, 8, 8, 24, 24, 24):
+        record = timed_record(rng, profile, b, controller.choose_k(b), 1.0, 1.2)
+        assert restored.choose_k(b) == record.k
+        for c in (controller, restored):
+            c.observe(record)
+    assert [c.calibration.ratio(3) for c in (controller, restored)] == pytest.approx([1.2, 1.2], rel=0.01)
 
 
 # ---------------------------------------------------------------- vLLM schedule
@@ -230,6 +397,9 @@ def test_state_dict_round_trip():
         ("prior_acceptance", -0.1, "[0, 1]"),
         ("prior_strength", 0, "> 0"),
         ("probe_interval", -3, "integer >= 0"),
+        ("calibration_decay", 1.0, "[0, 1) (0 disables calibration)"),
+        ("calibration_decay", -0.1, "[0, 1)"),
+        ("calibration_decay", "0.8", "[0, 1)"),
     ],
 )
 def test_config_errors_name_key_value_and_allowed(field, value, allowed):
@@ -350,7 +520,8 @@ def test_engine_with_controller_keeps_greedy_output_and_turns_sd_off_where_it_lo
     """Synthetic costs: memory-bound up to 4 tokens, so batch 4 loses at any acceptance, batch 1 wins."""
     target = tiny_llama(seed=5)
     profile = synthetic_profile(lambda tokens: max(0.01, tokens * 0.01 / 4), draft_ratio=0.01)
-    controller = AdaptiveController(profile, ControllerConfig(max_k=3, candidates=(0, 1, 2, 3), probe_interval=4))
+    config = ControllerConfig(max_k=3, candidates=(0, 1, 2, 3), probe_interval=4, calibration_decay=0.0)
+    controller = AdaptiveController(profile, config)  # no calibration: the synthetic costs are the truth here
     engine = SpeculativeEngine(target, self_draft(target, 1), controller)
     params = SamplingParams(temperature=0.0, max_new_tokens=16)
     for prompts in ([[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]], [[11, 12, 13]], [[14, 15], [16]]):
@@ -360,3 +531,15 @@ def test_engine_with_controller_keeps_greedy_output_and_turns_sd_off_where_it_lo
         small = [step.k for step in out.stats.steps if step.batch_size < 4]
         assert not small or small[0] > 0  # where SD wins the prior starts it
     assert controller.acceptance.drafted[0] > 0  # the controller saw the engine's steps
+
+
+def test_engine_times_whole_steps_and_feeds_the_calibration():
+    target = tiny_llama(seed=3)
+    profile = synthetic_profile(lambda tokens: max(0.01, tokens * 0.01 / 4), draft_ratio=0.01)
+    controller = AdaptiveController(profile, ControllerConfig(max_k=2, candidates=(0, 1, 2), probe_interval=2))
+    engine = SpeculativeEngine(target, self_draft(target, 1), controller)
+    out = engine.generate([[1, 2, 3], [4, 5]] * 3, SamplingParams(temperature=0.0, max_new_tokens=24))
+    steps = out.stats.steps
+    assert steps and all(s.step_time_s >= s.draft_time_s + s.target_time_s > 0 for s in steps)
+    assert out.stats.step_time_s == pytest.approx(sum(s.step_time_s for s in steps))
+    assert controller.calibration.log_ratio  # the measured times reached the controller

@@ -1,6 +1,7 @@
 """Backend-neutral speculative decoding: sampling, verification, the engine loop and its k policy."""
 
 from respec_verl.spec.acceptance import AcceptanceEstimate
+from respec_verl.spec.calibration import StepTimeCalibration
 from respec_verl.spec.controller import AdaptiveController, ControllerConfig, build_k_policy
 from respec_verl.spec.engine import GenerationOutput, SpeculativeEngine
 from respec_verl.spec.policy import FixedK, KPolicy
@@ -22,6 +23,7 @@ __all__ = [
     "SpeculativeEngine",
     "StepCostProfile",
     "StepRecord",
+    "StepTimeCalibration",
     "Verdict",
     "build_k_policy",
     "profile_step_costs",

@@ -3,15 +3,18 @@
 Speculation pays while verification is memory-bound (small batches) and loses once it is
 compute-bound (large batches); RL rollouts cross both as the batch shrinks into its long tail.
 The controller predicts goodput(B, k) = B * expected_tokens(k) / step_time(B, k) from a measured
-step-cost profile and an online acceptance estimate, and picks the best k every engine step.
+step-cost profile, calibrated online against the engine's measured step times, and an online
+acceptance estimate, and picks the best k every engine step.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from respec_verl.spec.acceptance import AcceptanceEstimate
+from respec_verl.spec.calibration import StepTimeCalibration
 from respec_verl.spec.policy import FixedK, KPolicy
 from respec_verl.spec.profile import StepCostProfile
 from respec_verl.spec.stats import StepRecord
@@ -36,9 +39,12 @@ class ControllerConfig:
     candidates: the k values the adaptive policy may choose (None: 0..max_k; keep 0 in it, or
     speculation can never be turned off). hysteresis: the relative goodput gain a new k needs
     before the controller leaves the current one. ema_decay, prior_acceptance, prior_strength: see
-    `AcceptanceEstimate`. probe_interval: after this many plain steps, draft once at the smallest
-    positive candidate where speculation could win, so a low acceptance estimate can recover
-    (0 disables).
+    `AcceptanceEstimate`. probe_interval: after this many plain steps, draft for one step (two
+    with calibration: the first pays the drafter's catch-up) at the smallest positive candidate
+    where speculation could win on the profile's costs, so a low acceptance estimate or a stale
+    calibration can recover (0 disables). calibration_decay: per engine step, the weight on the
+    past of the running measured/predicted step-time ratio per k that scales the profile's costs
+    (see `StepTimeCalibration`; 0 disables calibration and trusts the profile as measured).
     """
 
     policy: str = "adaptive"
@@ -49,6 +55,7 @@ class ControllerConfig:
     prior_acceptance: float = 0.7
     prior_strength: float = 2.0
     probe_interval: int = 64
+    calibration_decay: float = 0.8
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -74,6 +81,8 @@ class ControllerConfig:
             self._fail("prior_strength", self.prior_strength, "a number > 0")
         if not _is_int(self.probe_interval) or self.probe_interval < 0:
             self._fail("probe_interval", self.probe_interval, "an integer >= 0 (0 disables probing)")
+        allowed = "a number in [0, 1) (0 disables calibration)"
+        self._check_range("calibration_decay", self.calibration_decay, 0.0, 1.0, allowed, upper_open=True)
 
     @property
     def candidate_ks(self) -> tuple[int, ...]:
@@ -93,7 +102,8 @@ class AdaptiveController:
 
     step_time(B, 0) is a plain decoding step; step_time(B, k) is drafting k tokens plus verifying
     k + 1, both from the profile (the drafter's catch-up after plain steps is not modelled: it is
-    one forward pass over the queued tokens, paid once per switch). Hysteresis: the controller
+    one forward pass over the queued tokens, paid once per switch), each times the calibrated
+    ratio of the engine's measured step time to the profile's at that k. Hysteresis: the controller
     leaves its current k only for a k whose predicted goodput is higher by more than
     `config.hysteresis` (relative), so a batch size oscillating around a threshold, or a noisy
     acceptance estimate, does not make it flap (vLLM issue #49548).
@@ -108,8 +118,10 @@ class AdaptiveController:
         self.acceptance = AcceptanceEstimate(
             self.config.max_k, self.config.ema_decay, self.config.prior_acceptance, self.config.prior_strength
         )
+        self.calibration = StepTimeCalibration(self.config.calibration_decay)
         self.current_k: int | None = None
         self.plain_streak = 0  # consecutive plain steps, for probing
+        self._probe_left = 0  # further steps of the probe under way
         self._set_profile(profile)
 
     def _set_profile(self, profile: StepCostProfile) -> None:
@@ -122,12 +134,22 @@ class AdaptiveController:
         self.profile = profile
         self._step_times: dict[tuple[int, int, int], float] = {}
 
-    def step_time(self, batch_size: int, k: int) -> float:
+    @property
+    def _probe_steps(self) -> int:
+        """Steps per probe: with calibration, a second one, since the first pays the drafter's catch-up."""
+        return 2 if self.calibration.enabled else 1
+
+    def profile_time(self, batch_size: int, k: int) -> float:
+        """The profile's seconds for a step, uncalibrated."""
         ctx = self.profile.bucket(self.context_len)
         point = (batch_size, k, ctx)
         if point not in self._step_times:  # the profile is fixed, so cache its interpolation
             self._step_times[point] = self.profile.step_time(batch_size, k, ctx)
         return self._step_times[point]
+
+    def step_time(self, batch_size: int, k: int) -> float:
+        """Predicted seconds of an engine step: the profile's, calibrated on the measured steps."""
+        return self.profile_time(batch_size, k) * self.calibration.ratio(k)
 
     def goodput(self, batch_size: int, k: int) -> float:
         """Predicted tokens per second for the whole batch."""
@@ -150,30 +172,48 @@ class AdaptiveController:
         elif self.goodput(batch_size, best) > (1.0 + self.config.hysteresis) * self.goodput(batch_size, k):
             k = best  # a clear gain: switch; a gain within the margin is not worth a flap
         self.current_k = k
-        if k == 0 and self.config.probe_interval and self.plain_streak >= self.config.probe_interval:
-            probe = self._probe_k(batch_size)
-            if probe:
-                self.plain_streak = 0
-                return probe  # current_k stays 0: one step of fresh evidence, not a switch
-        return k
+        if k > 0:
+            self._probe_left = 0
+            return k
+        return self._probe(batch_size)
+
+    def _probe(self, batch_size: int) -> int:
+        """The k of a probe step when one is due, else 0 (current_k stays 0: evidence, not a switch)."""
+        interval = self.config.probe_interval
+        if not interval or not (self._probe_left or self.plain_streak >= interval):
+            return 0
+        probe = self._probe_k(batch_size)
+        if not probe:
+            self._probe_left = 0
+            return 0
+        self._probe_left = (self._probe_left or self._probe_steps) - 1
+        self.plain_streak = 0
+        return probe
 
     def _probe_k(self, batch_size: int) -> int:
-        """The smallest positive candidate that would beat plain decoding at perfect acceptance, else 0."""
-        plain = self.goodput(batch_size, 0) if 0 in self.candidates else 0.0
+        """The smallest positive candidate that would beat plain decoding at perfect acceptance, else 0.
+
+        Judged on the profile's own costs: a calibration gone stale (say, measured under contention)
+        must not stop probing for good, and the probe's steps are what refresh it.
+        """
+        plain = batch_size / self.profile_time(batch_size, 0) if 0 in self.candidates else 0.0
         for k in self.candidates:
-            if k > 0 and batch_size * (k + 1) / self.step_time(batch_size, k) > plain:
+            if k > 0 and batch_size * (k + 1) / self.profile_time(batch_size, k) > plain:
                 return k
         return 0
 
     def observe(self, record: StepRecord) -> None:
         self.acceptance.observe(record)
+        # a k outside the candidates (the engine cut k at the length cap) may be missing from the profile
+        predicted = self.profile_time(record.batch_size, record.k) if record.k in self.candidates else math.nan
+        self.calibration.observe(record.k, record.step_time_s, predicted)
         self.plain_streak = self.plain_streak + 1 if record.k == 0 else 0
 
     def schedule(self, max_batch_size: int) -> list[tuple[int, int, int]]:
         """vLLM's `num_speculative_tokens_per_batch_size`: inclusive (lo, hi, k) ranges over 1..max.
 
-        The argmax at the current acceptance estimate, ranges of equal k merged; a static table has
-        no current k, so no hysteresis.
+        The argmax at the current acceptance estimate and calibrated costs, ranges of equal k
+        merged; a static table has no current k, so no hysteresis.
         """
         if max_batch_size < 1:
             raise ValueError(f"schedule needs max_batch_size >= 1, got {max_batch_size}")
@@ -187,20 +227,25 @@ class AdaptiveController:
         return ranges
 
     def state_dict(self) -> dict:
-        """Profile, acceptance counts and current k, as plain JSON-serialisable values."""
+        """Profile, acceptance counts, step-time calibration and current k, as plain JSON-serialisable values."""
         return {
             "profile": self.profile.to_dict(),
             "acceptance": self.acceptance.state_dict(),
+            "calibration": self.calibration.state_dict(),
             "current_k": self.current_k,
             "plain_streak": self.plain_streak,
+            "probe_left": self._probe_left,
             "context_len": self.context_len,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self._set_profile(StepCostProfile.from_dict(state["profile"]))
         self.acceptance.load_state_dict(state["acceptance"])
+        # a state saved before calibration existed: no evidence yet, the profile as measured
+        self.calibration.load_state_dict(state.get("calibration", {"log_ratio": {}}))
         self.current_k = state["current_k"]
         self.plain_streak = int(state["plain_streak"])
+        self._probe_left = int(state.get("probe_left", 0))
         self.context_len = state["context_len"]
 
     @classmethod

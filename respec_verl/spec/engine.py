@@ -129,6 +129,7 @@ class _Run:
         return max(0, min(self.engine.k_policy.choose_k(len(self.alive)), room - 1))
 
     def step(self) -> None:
+        step_start = time.perf_counter()
         k = self._choose_k()
         batch = len(self.alive)
         if k == 0:
@@ -140,7 +141,8 @@ class _Run:
                 self.proposer.push(token)
             logprobs = token_logprobs(logits, token, self.params.temperature)
             record = StepRecord(batch, 0, [0] * batch, 0.0, target_time)
-            self._finish_step(token, token[:, None], logprobs[:, None], torch.zeros(batch, dtype=torch.long), record)
+            zeros = torch.zeros(batch, dtype=torch.long)
+            self._finish_step(step_start, token, token[:, None], logprobs[:, None], zeros, record)
             return
 
         start = time.perf_counter()
@@ -161,13 +163,15 @@ class _Run:
         emitted[rows, n] = verdict.next_token
         logprobs = token_logprobs(logits, emitted, self.params.temperature)
         record = StepRecord(batch, k, n.tolist(), drafted - start, target_time)
-        self._finish_step(verdict.next_token, emitted, logprobs, n, record)
+        self._finish_step(step_start, verdict.next_token, emitted, logprobs, n, record)
 
-    def _finish_step(self, last, emitted, logprobs, num_accepted, record: StepRecord) -> None:
-        self.stats.record(record)
-        self.engine.k_policy.observe(record)
+    def _finish_step(self, step_start: float, last, emitted, logprobs, num_accepted, record: StepRecord) -> None:
+        """Emit, then time the whole step: the policy calibrates its costs on what a step really takes."""
         self.last = last
         self._emit(emitted, logprobs, num_accepted)
+        record.step_time_s = time.perf_counter() - step_start
+        self.stats.record(record)
+        self.engine.k_policy.observe(record)
 
     def _emit(self, emitted: torch.Tensor, logprobs: torch.Tensor, num_accepted: torch.Tensor) -> None:
         """Append each row's first num_accepted+1 tokens, stop rows at a stop token or the length cap."""

@@ -7,13 +7,19 @@ from dataclasses import dataclass, field
 
 @dataclass
 class StepRecord:
-    """One engine step: the live batch size, the draft length used, and per-row accepted counts."""
+    """One engine step: the live batch size, the draft length used, and per-row accepted counts.
+
+    draft_time_s and target_time_s time the drafter's and the target's parts; step_time_s is the
+    wall time of the whole step (choosing k, sampling, log-probs, KV rollback and emitting
+    included), what the controller calibrates its costs against; 0.0 means not measured.
+    """
 
     batch_size: int
     k: int
     num_accepted: list[int]
     draft_time_s: float
     target_time_s: float
+    step_time_s: float = 0.0
 
 
 @dataclass
@@ -29,12 +35,14 @@ class SpecStats:
     prefill_time_s: float = 0.0
     draft_time_s: float = 0.0
     target_time_s: float = 0.0
+    step_time_s: float = 0.0
     steps: list[StepRecord] = field(default_factory=list)
 
     def record(self, step: StepRecord) -> None:
         self.steps.append(step)
         self.draft_time_s += step.draft_time_s
         self.target_time_s += step.target_time_s
+        self.step_time_s += step.step_time_s
         if step.k == 0:
             self.plain_steps += 1
             return
@@ -74,4 +82,5 @@ class SpecStats:
             "prefill_time_s": self.prefill_time_s,
             "draft_time_s": self.draft_time_s,
             "target_time_s": self.target_time_s,
+            "step_time_s": self.step_time_s,
         }

@@ -1,0 +1,101 @@
+"""Online calibration of the profiled step costs against what the engine's steps really take.
+
+The profile times bare forward passes; an engine step also pays sampling, log-probs, KV masking
+and rollback and per-row bookkeeping, and more so for a speculative step than for a plain one.
+Deciding on the bare costs keeps speculation on where it loses, so the controller scales each
+profiled cost by the measured/predicted ratio of recent engine steps at the same k.
+"""
+
+from __future__ import annotations
+
+import math
+
+MAX_FIRST_RATIO = 10.0  # a first measurement sets a ratio within [1/10, 10]
+MAX_MOVE = 2.0  # each later one moves it by at most this factor, so a stall is one bounded blip
+
+
+def _usable(seconds: float) -> bool:
+    return isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0
+
+
+class StepTimeCalibration:
+    """Smoothed measured / predicted step time per k, k = 0 (plain decoding) included.
+
+    Kept per k and shared across batch sizes: the controller needs costs at batch sizes it has not
+    run yet, and most (batch size, k) cells are never observed. The running value is a moving
+    average of log(measured / predicted) (a geometric mean) whose weight on the past is
+    decay ** (engine steps since k was last measured): consecutive steps at k average with weight
+    `decay`, while a ratio left alone for long (speculation off, seen only at a probe) gives way to
+    the next measurement instead of keeping the controller off on old evidence. Each measurement
+    moves the ratio by at most a factor `MAX_MOVE`. Skipped: the first step at each k seen by this
+    instance (allocator growth, lazy initialisation), a speculative step right after a plain one
+    (it also pays the drafter's catch-up over the queued tokens, a once-per-switch cost the
+    controller does not model), and steps without a usable time. decay = 0 disables calibration.
+    """
+
+    def __init__(self, decay: float = 0.8):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"StepTimeCalibration.decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.log_ratio: dict[int, float] = {}
+        self.updated_at: dict[int, int] = {}  # the step count at each k's last update
+        self.steps = 0  # engine steps observed
+        self._seen: set[int] = set()  # ks already stepped: warm-up belongs to this process, not a checkpoint
+        self._last_k: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.decay > 0.0
+
+    def observe(self, k: int, measured_s: float, predicted_s: float) -> None:
+        """Fold in one engine step of draft length k that took `measured_s` where the profile said `predicted_s`."""
+        self.steps += 1
+        catch_up = k > 0 and self._last_k == 0
+        first = k not in self._seen
+        self._seen.add(k)
+        self._last_k = k
+        if not self.enabled or first or catch_up or not (_usable(measured_s) and _usable(predicted_s)):
+            return
+        self._update(k, math.log(measured_s / predicted_s))
+
+    def _update(self, k: int, log_ratio: float) -> None:
+        if k not in self.log_ratio:
+            bound = math.log(MAX_FIRST_RATIO)
+            new = min(max(log_ratio, -bound), bound)
+        else:
+            old = self.log_ratio[k]
+            weight = self.decay ** (self.steps - self.updated_at[k])
+            bound = math.log(MAX_MOVE)
+            new = old + min(max((1.0 - weight) * (log_ratio - old), -bound), bound)
+        self.log_ratio[k] = new
+        self.updated_at[k] = self.steps
+
+    def ratio(self, k: int) -> float:
+        """The factor on the profile's step time at k; 1 before any evidence (or when disabled).
+
+        An unmeasured k > 0 takes the ratio of the nearest measured k > 0 (ties: the smaller), since
+        speculative steps share their overheads and learning each k's cost by running it would lose;
+        with no speculative step measured, the plain ratio, since a speculative step does all a
+        plain one does. An unmeasured k = 0 stays at 1: plain decoding is what the profile times.
+        """
+        if not self.enabled:
+            return 1.0
+        if k in self.log_ratio:
+            return math.exp(self.log_ratio[k])
+        measured = [j for j in self.log_ratio if j > 0]
+        if k == 0 or not measured:
+            return math.exp(self.log_ratio.get(0, 0.0))
+        return math.exp(self.log_ratio[min(measured, key=lambda j: (abs(j - k), j))])
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """Ratios and their ages in steps, keyed by str(k) so a JSON round trip is exact."""
+        return {
+            "log_ratio": {str(k): v for k, v in sorted(self.log_ratio.items())},
+            "age": {str(k): self.steps - self.updated_at[k] for k in sorted(self.log_ratio)},
+        }
+
+    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        self.log_ratio = {int(k): float(v) for k, v in state["log_ratio"].items()}
+        age = state.get("age", {})
+        self.steps = 0
+        self.updated_at = {k: -int(age.get(str(k), 0)) for k in self.log_ratio}
