@@ -35,5 +35,10 @@ def make_problems(n: int, seed: int, max_operand: int = 9) -> list[AdditionProbl
 
 def score(problem: AdditionProblem, response_text: str) -> float:
     """1.0 when the first integer in the response is the sum, else 0.0."""
+    return score_answer(problem.answer, response_text)
+
+
+def score_answer(answer: int, response_text: str) -> float:
+    """1.0 when the first integer in the response is `answer`, else 0.0."""
     found = _FIRST_INT.search(response_text)
-    return float(found is not None and int(found.group()) == problem.answer)
+    return float(found is not None and int(found.group()) == answer)

