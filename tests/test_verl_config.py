@@ -79,7 +79,7 @@ def test_every_bad_value_names_its_key_value_and_allowed_values(block, key, valu
 @pytest.mark.parametrize(
     "block,key,allowed",
     [
-        ({"enabel": True}, "actor_rollout_ref.respec.enabel", "enable, drafter, controller, evolution"),
+        ({"enabel": True}, "actor_rollout_ref.respec.enabel", "enable, profile, drafter, controller, evolution"),
         ({"drafter": {"layers": 2}}, "actor_rollout_ref.respec.drafter.layers", "path, self_draft_layers"),
         ({"controller": {"k": 2}}, "actor_rollout_ref.respec.controller.k", "policy, max_k"),
         ({"evolution": {"every": 2}}, "actor_rollout_ref.respec.evolution.every", "interval, steps_per_update"),
@@ -104,3 +104,22 @@ def test_config_imports_without_verl():
     code = "import sys, respec_verl.verl_glue.config; assert 'verl' not in sys.modules, 'verl was imported'"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+
+
+def test_profile_key_must_be_a_path_or_null():
+    assert RespecConfig.from_omegaconf({"profile": "/x/profile.json"}).profile == "/x/profile.json"
+    with pytest.raises(ValueError, match=r"actor_rollout_ref\.respec\.profile"):
+        RespecConfig.from_omegaconf({"profile": ""})
+
+
+def test_reduced_draft_vocabulary_is_refused_for_vllm_draft_model(tmp_path):
+    from omegaconf import OmegaConf
+
+    from respec_verl.verl_glue.trainer import prepare_rollout
+
+    config = OmegaConf.create(
+        {"trainer": {"default_local_dir": str(tmp_path)}, "actor_rollout_ref": {"model": {"path": "/m"}}}
+    )
+    respec = RespecConfig.from_omegaconf({"enable": True, "drafter": {"draft_vocab_size": 2048}})
+    with pytest.raises(ValueError, match=r"drafter\.draft_vocab_size.*null"):
+        prepare_rollout(config, respec)

@@ -36,14 +36,15 @@ class DrafterConfig:
 
     path: a Hugging Face causal-LM folder that uses the actor's tokenizer. None cuts a self-draft
     from the actor instead: its first `self_draft_layers` decoder layers, with the output layer
-    trimmed to the `draft_vocab_size` most frequent tokens of the actor's rollouts (None keeps the
-    full vocabulary; a drafter loaded from `path` keeps its own head). method: vLLM's speculative
+    trimmed to the `draft_vocab_size` most frequent tokens of the actor's rollouts (None, the default,
+    keeps the full vocabulary, which vLLM's `draft_model` method requires; a drafter loaded from
+    `path` keeps its own head). method: vLLM's speculative
     method, one of `DRAFTER_METHODS`.
     """
 
     path: str | None = None
     self_draft_layers: int = 2
-    draft_vocab_size: int | None = 2048
+    draft_vocab_size: int | None = None
     method: str = "draft_model"
 
     def __post_init__(self) -> None:
@@ -67,10 +68,13 @@ class RespecConfig:
     """`actor_rollout_ref.respec`: speculative rollouts, drafter evolution and their settings.
 
     The defaults work: with only `enable=true`, rollouts use a 2-layer self-draft, the adaptive
-    controller picks k, and the drafter is distilled from the actor after every step.
+    controller picks k, and the drafter is distilled from the actor after every step. `profile`: a
+    step-cost profile JSON from `respec-verl profile` (one profile) for the adaptive controller;
+    null measures one at the start of the run (once per run folder).
     """
 
     enable: bool = False
+    profile: str | None = None
     drafter: DrafterConfig = field(default_factory=DrafterConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     evolution: LearnerConfig = field(default_factory=LearnerConfig)
@@ -78,6 +82,8 @@ class RespecConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.enable, bool):
             _fail(f"{CONFIG_KEY}.enable", self.enable, "true or false")
+        if self.profile is not None and (not isinstance(self.profile, str) or not self.profile.strip()):
+            _fail(f"{CONFIG_KEY}.profile", self.profile, "null (measure at start) or a path to a profile JSON file")
         for name, cls in _BLOCKS.items():
             value = getattr(self, name)
             if not isinstance(value, cls):

@@ -85,8 +85,61 @@ def _registry(where: str) -> dict:
     return getattr(importlib.import_module(module), attr)
 
 
+# --- CPU support (hosts without a GPU or NPU; RESPEC_VERL_CPU=auto|1|0): respec_verl/verl_glue/cpu ---
+# Before anything asks verl for its platform; verl's get_platform() is lazy, so this is early enough.
+try:
+    from respec_verl.verl_glue.cpu import enable_if_needed as _enable_cpu_if_needed
+
+    _enable_cpu_if_needed()
+except Exception:
+    logger.exception("respec_verl's CPU support failed to load; a CPU run will fail")
+    raise
+# --- end of CPU support ---
+
+TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_sync"
+REPLICA_MODULE = "verl.workers.rollout.replica"
+
+
+def install_respec_classes() -> None:
+    """Put respec's trainer and vLLM replica in verl's registries, each when its verl module loads.
+
+    verl picks the trainer by `trainer.v1.trainer_mode` ("sync") and the rollout replica by
+    `rollout.name` ("vllm"); respec's classes under those names behave exactly like verl's while
+    `actor_rollout_ref.respec.enable` is false, so installing them is what makes the one key enough.
+    Deferred to the import of verl's modules, so processes that never train or serve (vLLM workers,
+    reward workers) do not import them.
+    """
+    from respec_verl.verl_glue.import_hooks import when_imported
+
+    when_imported(TRAINER_MODULE, _install_trainer)
+    when_imported(REPLICA_MODULE, _install_replica)
+
+
+def _install_trainer(module) -> None:
+    """Import respec's trainer module, which installs itself as "sync" when it loads.
+
+    If that module is what is importing verl's trainer right now, it installs itself at its end.
+    """
+    import importlib
+    import sys
+
+    if "respec_verl.verl_glue.trainer" not in sys.modules:
+        importlib.import_module("respec_verl.verl_glue.trainer")
+
+
+def _load_respec_replica():
+    from respec_verl.vllm_glue.server import RespecvLLMReplica
+
+    return RespecvLLMReplica
+
+
+def _install_replica(module) -> None:
+    module.RolloutReplicaRegistry.register("vllm", _load_respec_replica)
+
+
 try:  # verl's plugin loader imports this module; register then, and say so loudly if it fails
     register()
+    install_respec_classes()
 except Exception:
     logger.exception("respec_verl's verl plugin failed to register; runs with respec will fail self_check")
     raise

@@ -1,0 +1,194 @@
+"""verl's actor/rollout worker plus respec's drafter: distil after each actor update, push to vLLM.
+
+`RespecActorRolloutRefWorker` subclasses verl's `ActorRolloutRefWorker` and overrides four
+registered methods, each calling verl's first:
+- `init_model`: also builds the drafter learner (`DrafterLearner`, the backend-neutral core) on
+  the drafter folder vLLM loads, and a teacher copy of the actor that the learner takes the
+  actor's soft labels from;
+- `update_actor`: after verl's actor update, refreshes the teacher from the updated actor
+  (`engine.get_per_tensor_param`, the same full tensors verl streams to vLLM), buffers the
+  batch's rollouts with their rewards or advantages, and starts the drafter update (in the
+  background when `evolution.async_update`, so it overlaps the weight sync and the next rollout);
+  its metrics ride along with the actor's as `respec/drafter/*`;
+- `update_weights`: after verl's actor -> vLLM sync, streams the newest finished drafter to the
+  vLLM workers (`RespecWorkerExtension.respec_update_drafter`) whenever its version changed (and
+  at start, since vLLM came up with dummy weights), then checks that the engine reports that
+  version: a mismatch is an error, not a silent slowdown;
+- `save_checkpoint` / `load_checkpoint`: the learner's state (drafter, optimizer, version) beside
+  the actor's.
+
+Limits: the teacher is a full copy of the actor on each rank (fine for small actors; a large one
+wants the labels from verl's own forward), and each data-parallel rank trains its own drafter copy
+on its shard of the batch and pushes it to the vLLM server it feeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from respec_verl.verl_glue.config import RespecConfig
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))  # as verl's workers: the push is logged
+
+LEARNER_FILE = "respec_drafter_learner.pt"
+
+
+def rollout_rows(data: Any) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt and response token ids per rollout from verl's update batch (nested or padded tensors)."""
+    prompts, responses = data["prompts"], data["responses"]
+    mask = data.get("response_mask", None) if hasattr(data, "get") else None
+
+    def rows(t: torch.Tensor) -> list[torch.Tensor]:
+        return list(t.unbind(0)) if getattr(t, "is_nested", False) else list(t)
+
+    prompt_rows, response_rows = rows(prompts), rows(responses)
+    mask_rows = rows(mask) if mask is not None else [None] * len(response_rows)
+    out_p, out_r = [], []
+    for p, r, m in zip(prompt_rows, response_rows, mask_rows):
+        r = r.tolist()
+        if m is not None:  # keep the tokens the model generated, up to the last one
+            m = m.tolist()
+            n = max((i + 1 for i, v in enumerate(m[: len(r)]) if v), default=0)
+            r = r[:n]
+        out_p.append([int(t) for t in p.tolist()])
+        out_r.append([int(t) for t in r])
+    return out_p, out_r
+
+
+def rollout_scores(data: Any, weighting: str) -> list[float] | None:
+    """Per-rollout reward (sum of `rm_scores`) or GRPO advantage (its first response token); None for uniform."""
+    if weighting == "uniform":
+        return None
+    key = "rm_scores" if weighting == "reward" else "advantages"
+    if key not in data.keys():
+        raise KeyError(f"actor_rollout_ref.respec.evolution.weighting={weighting!r} needs {key!r} in the update batch")
+    t = data[key]
+    rows = list(t.unbind(0)) if getattr(t, "is_nested", False) else list(t)
+    if weighting == "reward":
+        return [float(r.float().sum()) for r in rows]
+    return [float(r.flatten()[0]) if r.numel() else 0.0 for r in rows]
+
+
+class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
+    """verl's ActorRolloutRefWorker that also evolves and serves respec's drafter."""
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self):
+        super().init_model()
+        self.respec = RespecConfig.from_omegaconf(self.config.get("respec"))
+        self._respec_learner = None
+        self._respec_pushed: int | None = None
+        self._respec_step = 0
+        if self.respec.enable and "actor" in self.role:
+            self._respec_build_learner()
+
+    def _respec_build_learner(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from respec_verl.drafter.drafter import Drafter
+        from respec_verl.drafter.learner import DrafterLearner
+
+        custom = self.config.rollout.get("custom") or {}
+        drafter_dir = custom["respec"]["drafter_dir"]
+        device = next(self.actor.engine.module.parameters()).device if hasattr(self.actor.engine, "module") else "cpu"
+        if str(device).startswith("meta"):
+            device = "cpu"
+        drafter = AutoModelForCausalLM.from_pretrained(drafter_dir, dtype=torch.float32).to(device).eval()
+        teacher = AutoModelForCausalLM.from_pretrained(self.config.model.path, dtype=torch.float32).to(device).eval()
+        teacher.requires_grad_(False)
+        self._respec_teacher = teacher
+        self._respec_learner = DrafterLearner(Drafter(drafter), self.respec.evolution, target=teacher)
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def update_actor(self, data):
+        output = super().update_actor(data)
+        learner = self._respec_learner
+        if learner is None:
+            return output
+        self._respec_step += 1
+        self._respec_refresh_teacher()
+        prompts, responses = rollout_rows(data)
+        scores = rollout_scores(data, self.respec.evolution.weighting)
+        learner.add_rollouts(prompts, responses, scores)
+        finished = learner.update(self._respec_step) if not self.respec.evolution.async_update else None
+        if finished is None:  # async: report the last finished update (the one this step's push carries)
+            finished = learner.metrics
+        if output is not None:
+            metrics = output["metrics"] if "metrics" in output.keys() else None
+            if isinstance(metrics, dict):
+                for name, value in finished.items():  # the learner's names are `respec/drafter/*` already
+                    metrics[name] = [float(value)]
+                metrics["respec/drafter/version"] = [float(learner.version)]
+        if self.respec.evolution.async_update:
+            learner.update(self._respec_step)
+        return output
+
+    def _respec_refresh_teacher(self) -> None:
+        """Copy the just-updated actor into the teacher (full tensors, HF names)."""
+        params, _ = self.actor.engine.get_per_tensor_param()
+        state = self._respec_teacher.state_dict()
+        with torch.no_grad():
+            for name, tensor in params:
+                if name in state:
+                    state[name].copy_(tensor.to(state[name].device, state[name].dtype))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
+    async def update_weights(self, global_steps: int = None, mode: str = "auto"):
+        result = await super().update_weights(global_steps=global_steps, mode=mode)
+        if self._respec_learner is not None and "rollout" in self.role:
+            await self._respec_push_drafter()
+        return result
+
+    async def _respec_push_drafter(self) -> None:
+        """Stream the newest drafter to the vLLM workers if it changed; check the version they report."""
+        from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightSender
+
+        drafter = self._respec_learner.latest()
+        if self._respec_pushed == drafter.version:
+            return
+        rollout = self.rollout
+        future = await rollout._execute_method(
+            "respec_update_drafter", non_block=True, kwargs={"version": drafter.version, "use_shm": rollout.use_shm}
+        )
+        sender = BucketedWeightSender(
+            zmq_handle=rollout.zmq_handle,
+            bucket_size_mb=rollout.config.checkpoint_engine.update_weights_bucket_megabytes,
+            use_shm=rollout.use_shm,
+        )
+        await sender.async_send_weights((n, p.detach()) for n, p in drafter.model.named_parameters())
+        if future is not None:
+            await future
+            held = await rollout._execute_method("respec_drafter_version")
+            held = held if isinstance(held, list) else [held]
+            if any(v != drafter.version for v in held):
+                raise RuntimeError(
+                    f"respec: pushed drafter version {drafter.version} but the vLLM workers report {held}; "
+                    "the rollout would run a stale drafter"
+                )
+            await rollout.server_handle.clear_kv_cache.remote()
+        self._respec_pushed = drafter.version
+        logger.info("respec: drafter version %d is live in vLLM", drafter.version)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
+        super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
+        if self._respec_learner is not None and torch.distributed.get_rank() == 0:
+            os.makedirs(local_path, exist_ok=True)
+            tmp = os.path.join(local_path, LEARNER_FILE + ".tmp")
+            torch.save(self._respec_learner.state_dict(), tmp)
+            os.replace(tmp, os.path.join(local_path, LEARNER_FILE))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=False):
+        super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
+        path = os.path.join(local_path, LEARNER_FILE) if local_path else None
+        if self._respec_learner is not None and path and os.path.exists(path):
+            self._respec_learner.load_state_dict(torch.load(path, weights_only=False))
+            self._respec_pushed = None  # push the restored drafter at the next sync
