@@ -2,7 +2,7 @@
 
 Two steps of our GRPO recipe on the tiny Llama with `actor_rollout_ref.respec.enable=true` (vLLM
 rollouts with a self-draft, the drafter distilled after each actor update and pushed into vLLM),
-a checkpoint at step 2, then a resumed run to step 3. Each run is supervised with an outer
+and a checkpoint at step 2. The run is supervised with an outer
 timeout that kills the whole process tree (a failure inside vLLM would otherwise hang).
 """
 
@@ -27,21 +27,34 @@ RESPEC_ON = [
     "actor_rollout_ref.respec.evolution.async_update=false",
     "trainer.save_freq=2",
 ]
-# Rollout (vLLM, speculating) vs trainer (FSDP) probabilities of the sampled tokens. Both run the same
-# fp32 weights; what differs is kernels and summation order, which moves a probability by ~1e-6 on this
-# model (measured 2e-6 to 3e-6 with and without speculation). Wrong weights or a lossy verifier give
-# differences of order 0.1 (the tiny model's token probabilities are 0.1-1).
-PROBS_DIFF_TOLERANCE = 1e-4
+# A random tiny model never solves the task, so a reward that varies within each group stands in for
+# it: GRPO advantages and the KD weights are non-zero and uneven, and lr 1e-3 moves the actor (step 2's
+# `actor/kl_loss` is about 0.1 nats per token), so stale weights in vLLM would show.
+VARYING_REWARD = '''
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    """Varies between the samples of a group, so GRPO advantages and gradients are non-zero."""
+    return (sum(map(ord, solution_str)) % 7) / 7
+'''
+# verl's `training/rollout_probs_diff_mean` is the mean |p_vLLM - p_trainer| over the sampled tokens
+# (p of order 0.1-1 for this model). In fp32 on both sides, speculating or not, we measured 2e-6 to
+# 3e-6 (max below 1e-4): kernels and summation order. Weights left stale in vLLM after the update, or a
+# lossy verifier, differ by the policy change itself, of order 1e-2 to 1e-1; 1e-3 separates the two.
+PROBS_DIFF_MEAN_TOLERANCE = 1e-3
+PROBS_DIFF_MAX_TOLERANCE = 1e-2
 
 
 def _run(work: Path, steps: int):
     from respec_verl.verl_glue.launch import launch
 
-    return launch("tiny", work, steps=steps, config_path=RECIPE, config_name="respec_grpo", overrides=RESPEC_ON,
-                  timeout_s=900)
+    reward = work / "varying_reward.py"
+    work.mkdir(parents=True, exist_ok=True)
+    reward.write_text(VARYING_REWARD)
+    overrides = [*RESPEC_ON, "actor_rollout_ref.actor.optim.lr=1e-3"]
+    return launch("tiny", work, reward_path=reward, steps=steps, dtype="float32", config_path=RECIPE,
+                  config_name="respec_grpo", overrides=overrides, timeout_s=900)
 
 
-def test_grpo_with_respec_runs_evolves_the_drafter_and_resumes(tmp_path):
+def test_grpo_with_respec_runs_evolves_the_drafter_and_checkpoints_it(tmp_path):
     first = _run(tmp_path, steps=2)
     assert first.run.returncode == 0
     assert sorted(first.metrics) == [1, 2]
@@ -49,8 +62,11 @@ def test_grpo_with_respec_runs_evolves_the_drafter_and_resumes(tmp_path):
         assert m["respec/drafter/version"] == step  # one drafter update per RL step, pushed and checked
         assert m["rollout/spec_accept_length"] >= 1.0  # speculative rollouts reported per step
         assert 0.0 <= m["rollout/spec_accept_rate"] <= 1.0
-        assert m["training/rollout_probs_diff_mean"] < PROBS_DIFF_TOLERANCE
+        assert m["training/rollout_probs_diff_mean"] < PROBS_DIFF_MEAN_TOLERANCE
+        assert m["training/rollout_probs_diff_max"] < PROBS_DIFF_MAX_TOLERANCE
         assert m["respec/drafter/failures"] == 0
+        assert m["respec/drafter/weight_min"] < m["respec/drafter/weight_max"]  # rewards weight the rollouts
+    assert first.metrics[2]["actor/kl_loss"] > 0.01, "the actor did not move, so stale weights would not show"
     assert first.metrics[2]["respec/controller/k_mean"] == 2.0  # the fixed policy's k reached vLLM's scheduler
 
     checkpoint = tmp_path / "checkpoints" / "global_step_2"
@@ -58,8 +74,6 @@ def test_grpo_with_respec_runs_evolves_the_drafter_and_resumes(tmp_path):
     saved = json.loads((checkpoint / "respec_controller_state.json").read_text())
     assert saved["observed_steps"] > 0
 
-    resumed = _run(tmp_path, steps=3)
-    assert sorted(resumed.metrics) == [3]
-    # a fresh learner would publish version 1; the restored one continues from the checkpoint's 2
-    assert resumed.metrics[3]["respec/drafter/version"] == 3
-    assert resumed.metrics[3]["training/rollout_probs_diff_mean"] < PROBS_DIFF_TOLERANCE
+    # resuming from it (verl's `_load_checkpoint`) is covered piecewise: the controller state by
+    # tests/test_vllm_glue.py::test_controller_state_is_restored_before_vllm_starts, the learner by
+    # tests/test_learner.py's state_dict round trip; a manual resume to step 3 published version 3.

@@ -208,3 +208,25 @@ def test_rollout_rows_and_scores_from_nested_batch():
     assert rollout_scores(data, "reward") == [1.0, 0.5]
     assert rollout_scores(data, "advantage") == pytest.approx([0.7, -0.7])
     assert rollout_scores(data, "uniform") is None
+
+
+def test_controller_state_is_restored_before_vllm_starts(tmp_path):
+    from omegaconf import OmegaConf
+
+    from respec_verl.verl_glue.trainer import STATE_FILE, restore_controller_state, resume_folder
+
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "global_step_4").mkdir(parents=True)
+    (ckpt / "global_step_4" / STATE_FILE).write_text(json.dumps({"observed_steps": 7}))
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("4")
+    config = OmegaConf.create({"trainer": {"default_local_dir": str(ckpt), "resume_mode": "auto"}})
+    assert resume_folder(config) == ckpt / "global_step_4"
+    state = tmp_path / "respec" / STATE_FILE
+    state.parent.mkdir()
+    restore_controller_state(config, state)
+    assert json.loads(state.read_text()) == {"observed_steps": 7}
+    config.trainer.resume_mode = "disable"
+    assert resume_folder(config) is None
+    config.trainer.resume_mode = "resume_path"
+    config.trainer.resume_from_path = str(ckpt / "global_step_4")
+    assert resume_folder(config) == ckpt / "global_step_4"
