@@ -83,3 +83,25 @@ def test_required_verl_matches_the_installed_verl(name):
     import verl
 
     assert (RECIPES / name / "REQUIRED_VERL.txt").read_text().strip() == f"verl=={verl.__version__}"
+
+
+def _script_overrides(script: Path) -> list[str]:
+    """The Hydra overrides of a run script's main_ppo command, with its shell variables filled in."""
+    import shlex
+
+    text = script.read_text().split("python -m verl.trainer.main_ppo", 1)[1]
+    text = text.replace("\\\n", " ").replace('"$@"', "")
+    for var, value in {'"$RECIPE_DIR"': "/r", '"$MODEL"': "/m", '"$DATA/': '"/d/'}.items():
+        text = text.replace(var, value)
+    tokens = shlex.split(text)
+    return [t for t in tokens if "=" in t and not t.startswith("-")]
+
+
+@pytest.mark.parametrize("name", ["respec_grpo", "respec_dapo"])
+def test_gpu_run_script_overrides_compose_on_its_recipe(name):
+    script = RECIPES / name / "run_qwen2_5_7b_vllm.sh"
+    overrides = _script_overrides(script)
+    assert "actor_rollout_ref.respec.enable=true" in overrides
+    cfg = _compose(name, overrides)
+    assert RespecConfig.from_omegaconf(cfg.actor_rollout_ref.respec).enable
+    assert cfg.actor_rollout_ref.model.path == "/m" and cfg.trainer.n_gpus_per_node == 8

@@ -72,7 +72,11 @@ def test_a_fresh_import_verl_registers_our_names(tmp_path):
         "import json, sys, verl\n"
         "from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY as P\n"
         "from verl.trainer.distillation.losses import DISTILLATION_LOSS_REGISTRY as D\n"
+        "from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY as T\n"
+        "import verl.trainer.ppo.v1.trainer_sync\n"
+        "from verl.workers.rollout.replica import RolloutReplicaRegistry as R\n"
         "print(json.dumps({'names': sorted(n for n in [*P, *D] if n.startswith('respec')),\n"
+        "                  'trainer': T['sync'].__name__, 'replica': R.get('vllm').__name__,\n"
         "                  'plugin_loaded': 'respec_verl.verl_glue.plugin' in sys.modules}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("VERL_USE_EXTERNAL_PLUGINS", "VERL_USE_EXTERNAL_MODULES")}
@@ -84,3 +88,6 @@ def test_a_fresh_import_verl_registers_our_names(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["plugin_loaded"]
     assert report["names"] == sorted(plugin.registered_names())
+    # the one-key classes: verl's "sync" trainer and "vllm" replica are respec's (verl's own while off)
+    assert report["trainer"] == "RespecPPOTrainerSync"
+    assert report["replica"] == "RespecvLLMReplica"
