@@ -16,9 +16,19 @@ import shutil
 from pathlib import Path
 
 from respec_verl.atomic_dir import staged_folder
-from respec_verl.drafter.warm_folder import TOKENIZER_FILES
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+# Files a tokenizer may consist of; vLLM reads the drafter's config and weights, verl the tokenizer.
+_SIDE_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 
 
 def layer_index(name: str) -> int | None:
@@ -60,7 +70,7 @@ def write_self_draft_dir(actor_dir: str | os.PathLike, out_dir: str | os.PathLik
                         tensors[name] = f.get_tensor(name)
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        for name in TOKENIZER_FILES:
+        for name in _SIDE_FILES:
             if (actor_dir / name).exists():
                 shutil.copy2(actor_dir / name, staging / name)
     return out_dir
