@@ -41,5 +41,7 @@ setup(
         "console_scripts": ["respec-verl=respec_verl.cli:main"],
         # verl imports this module at every `import verl` (VERL_USE_EXTERNAL_PLUGINS selects plugins)
         "verl.plugins": ["respec = respec_verl.verl_glue.plugin"],
+        # vLLM calls this in each of its processes: respec's reduced-vocabulary drafter class
+        "vllm.general_plugins": ["respec = respec_verl.vllm_glue.models:register"],
     },
 )

@@ -112,14 +112,24 @@ def test_profile_key_must_be_a_path_or_null():
         RespecConfig.from_omegaconf({"profile": ""})
 
 
-def test_reduced_draft_vocabulary_is_refused_for_vllm_draft_model(tmp_path):
+def test_reduced_draft_vocabulary_cuts_a_reduced_self_draft_for_vllm(tmp_path):
     from omegaconf import OmegaConf
 
+    from respec_verl.drafter.drafter_dir import load_drafter_dir
     from respec_verl.verl_glue.trainer import prepare_rollout
+    from tests.conftest import tiny_llama
 
+    tiny_llama(layers=3).save_pretrained(tmp_path / "actor")
     config = OmegaConf.create(
-        {"trainer": {"default_local_dir": str(tmp_path)}, "actor_rollout_ref": {"model": {"path": "/m"}}}
+        {
+            "trainer": {"default_local_dir": str(tmp_path / "ckpt")},
+            "actor_rollout_ref": {"model": {"path": str(tmp_path / "actor")}, "rollout": {"max_num_seqs": 8}},
+        }
     )
-    respec = RespecConfig.from_omegaconf({"enable": True, "drafter": {"draft_vocab_size": 2048}})
-    with pytest.raises(ValueError, match=r"drafter\.draft_vocab_size.*null"):
-        prepare_rollout(config, respec)
+    respec = RespecConfig.from_omegaconf(
+        {"enable": True, "drafter": {"draft_vocab_size": 16, "self_draft_layers": 1}, "controller": {"policy": "fixed"}}
+    )
+    settings = prepare_rollout(config, respec)
+    drafter = load_drafter_dir(settings.drafter_dir)
+    assert drafter.draft_vocab_size == 16 and drafter.model.config.num_hidden_layers == 1
+    assert config.actor_rollout_ref.rollout.custom.respec.drafter_dir == settings.drafter_dir

@@ -28,7 +28,11 @@ PROMPTS = [[1, 504, 3575, 282], [1, 57, 5248, 22657, 327], [1, 35, 1232, 216], [
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The tiny actor, a self-draft equal to it (2 of 2 layers), and a perturbed copy of that draft."""
+    """The tiny actor, a self-draft equal to it (2 of 2 layers), and a perturbed copy of that draft.
+
+    The perturbation covers the embedding, which the tiny actor ties to its output layer, so a swap
+    that skipped the tied output layer would leave the drafter partly stale.
+    """
     from safetensors.torch import load_file, save_file
 
     from respec_verl.models.tiny import save_tiny_llama
@@ -41,7 +45,7 @@ def models(tmp_path_factory):
     weights = load_file(str(stale / "model.safetensors"))
     gen = torch.Generator().manual_seed(1)
     for name, t in weights.items():
-        if ".layers." in name and t.dim() == 2:
+        if t.dim() == 2:
             weights[name] = t + 0.5 * t.std() * torch.randn(t.shape, generator=gen)
     save_file(weights, str(stale / "model.safetensors"), metadata={"format": "pt"})
     return actor, exact, stale
@@ -87,15 +91,16 @@ def acceptance(outputs) -> tuple[int, int]:
 
 def push_drafter(llm, draft_dir, version):
     """Stream a drafter folder's tensors the way the trainer worker does, and swap them in."""
-    from safetensors.torch import load_file
     from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightSender
 
-    weights = load_file(str(draft_dir / "model.safetensors"))
+    from respec_verl.drafter.drafter_dir import checkpoint_tensors, load_drafter_dir
+
+    weights = list(checkpoint_tensors(load_drafter_dir(draft_dir)))
     handle = "ipc:///tmp/rl-colocate-zmq-0-replica-0-rank-0.sock"  # the extension's default handle
 
     def send():
         sender = BucketedWeightSender(zmq_handle=handle, bucket_size_mb=64, use_shm=True)
-        asyncio.run(sender.async_send_weights(iter(weights.items())))
+        asyncio.run(sender.async_send_weights(iter(weights)))
 
     thread = threading.Thread(target=send)
     thread.start()
@@ -130,6 +135,34 @@ def test_greedy_with_drafter_equals_plain_and_hot_swap_changes_only_the_drafter(
     assert [o.outputs[0].token_ids for o in after] == expected
     acc_exact, drafted_exact = acceptance(after)
     # the target's own weights as drafter: every greedy draft is accepted
+    assert acc_exact == drafted_exact > 0
+    assert acc_exact / drafted_exact > acc_stale / drafted + 0.2
+
+
+def test_reduced_vocab_drafter_is_lossless_in_vllm_and_hot_swaps(models, tmp_path):
+    """respec's reduced-vocabulary drafter class (registered through vLLM's general plugins) in vLLM."""
+    from respec_verl.drafter.self_draft import pad_with_low_ids
+    from respec_verl.verl_glue.self_draft_dir import write_self_draft_dir
+
+    actor, _, stale = models
+    plain = make_engine(actor)
+    expected = [o.outputs[0].token_ids for o in generate(plain, PROMPTS)]
+    del plain
+    # every token the actor emits greedily here, padded with low ids: the exact drafter can match it
+    vocab = pad_with_low_ids(sorted({t for seq in expected for t in seq}), 256, 49152)
+    exact = write_self_draft_dir(actor, tmp_path / "reduced_exact", 2, draft_vocab=vocab)
+    perturbed = write_self_draft_dir(stale, tmp_path / "reduced_stale", 2, draft_vocab=vocab)
+
+    llm = make_engine(actor, draft=perturbed)
+    before = generate(llm, PROMPTS)
+    assert [o.outputs[0].token_ids for o in before] == expected
+    acc_stale, drafted = acceptance(before)
+    assert drafted > 0
+
+    assert push_drafter(llm, exact, version=1)["version"] == 1
+    after = generate(llm, PROMPTS)
+    assert [o.outputs[0].token_ids for o in after] == expected
+    acc_exact, drafted_exact = acceptance(after)
     assert acc_exact == drafted_exact > 0
     assert acc_exact / drafted_exact > acc_stale / drafted + 0.2
 

@@ -49,3 +49,20 @@ def frequent_tokens(sequences: Iterable[Sequence[int]], size: int, always: Itera
     ranked = counts.argsort(descending=True)[: max(size - always.numel(), 0)]
     ranked = ranked[counts[ranked] > 0]
     return torch.cat([always, ranked]).unique()
+
+
+def pad_with_low_ids(ids: Iterable[int] | torch.Tensor, size: int, vocab_size: int) -> torch.Tensor:
+    """`ids` plus the lowest unused token ids, `size` in all, sorted.
+
+    A BPE tokenizer numbers its merges in the order it learnt them, most frequent first, so low ids
+    are a prior for the tokens a drafter should cover when the actor's own outputs are few.
+    """
+    if not 1 <= size <= vocab_size:
+        raise ValueError(f"draft vocabulary size {size} is not valid; allowed: 1..{vocab_size}")
+    chosen = list(dict.fromkeys(int(t) for t in (ids.tolist() if torch.is_tensor(ids) else ids)))
+    if any(not 0 <= t < vocab_size for t in chosen):
+        raise ValueError(f"draft vocabulary ids must lie in [0, {vocab_size})")
+    chosen = chosen[:size]
+    taken = set(chosen)
+    chosen += [t for t in range(min(vocab_size, 2 * size)) if t not in taken][: size - len(chosen)]
+    return torch.tensor(sorted(chosen), dtype=torch.long)

