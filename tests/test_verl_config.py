@@ -63,6 +63,7 @@ def test_interpolations_are_resolved_against_the_whole_config():
         ({"drafter": {"draft_vocab_size": 0}}, "actor_rollout_ref.respec.drafter.draft_vocab_size", "0", ">= 1"),
         ({"drafter": {"path": ""}}, "actor_rollout_ref.respec.drafter.path", "''", "non-empty path"),
         ({"drafter": {"method": "eagle3"}}, "actor_rollout_ref.respec.drafter.method", "'eagle3'", "'draft_model'"),
+        ({"drafter": {"sample_method": "top1"}}, "actor_rollout_ref.respec.drafter.sample_method", "'top1'", "'greedy'"),
         ({"drafter": "small"}, "actor_rollout_ref.respec.drafter", "'small'", "self_draft_layers"),
         ({"controller": {"max_k": -1}}, "actor_rollout_ref.respec.controller.max_k", "-1", "an integer >= 0"),
         ({"controller": {"max_k": "4"}}, "actor_rollout_ref.respec.controller.max_k", "'4'", "an integer >= 0"),

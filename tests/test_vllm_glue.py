@@ -24,6 +24,7 @@ def test_settings_round_trip_and_vllm_config():
         "model": "/d",
         "num_speculative_tokens": 3,
         "num_speculative_tokens_per_batch_size": [[1, 4, 3], [5, 8, 0]],
+        "draft_sample_method": "probabilistic",
     }
     assert back.scheduler_settings() == {"controller": s.controller, "profile_path": "/p.json", "state_path": "/s.json"}
     assert RolloutSettings.from_dict(None) is None

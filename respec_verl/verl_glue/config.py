@@ -20,6 +20,7 @@ from respec_verl.spec.controller import ControllerConfig
 
 CONFIG_KEY = "actor_rollout_ref.respec"
 DRAFTER_METHODS = ("draft_model",)  # vLLM speculative methods we can drive; eagle3 may follow
+SAMPLE_METHODS = ("probabilistic", "greedy")  # vLLM's draft_sample_method
 
 
 def _is_int(value: object) -> bool:
@@ -40,13 +41,17 @@ class DrafterConfig:
     draft_vocab_size: the cut self-draft predicts over this many tokens only (the actor's special
     tokens and its tokenizer's most frequent merges); on a small actor the full output layer is
     most of the drafter's cost. None keeps the full vocabulary. A drafter loaded from `path` keeps
-    its own head. method: vLLM's speculative method, one of `DRAFTER_METHODS`.
+    its own head. method: vLLM's speculative method, one of `DRAFTER_METHODS`. sample_method: how
+    the drafter proposes, one of `SAMPLE_METHODS`: "probabilistic" samples from the drafter's
+    distribution q and accepts with probability min(1, p/q) (1 - TV(p, q) per token, what the KD
+    loss raises); "greedy" proposes q's argmax, accepted with probability p(token). Both are lossless.
     """
 
     path: str | None = None
     self_draft_layers: int = 2
     draft_vocab_size: int | None = None
     method: str = "draft_model"
+    sample_method: str = "probabilistic"
 
     def __post_init__(self) -> None:
         key = f"{CONFIG_KEY}.drafter"
@@ -58,6 +63,8 @@ class DrafterConfig:
             _fail(f"{key}.draft_vocab_size", self.draft_vocab_size, "null (full vocabulary) or an integer >= 1")
         if self.method not in DRAFTER_METHODS:
             _fail(f"{key}.method", self.method, "one of " + ", ".join(repr(m) for m in DRAFTER_METHODS))
+        if self.sample_method not in SAMPLE_METHODS:
+            _fail(f"{key}.sample_method", self.sample_method, "one of " + ", ".join(repr(m) for m in SAMPLE_METHODS))
 
 
 # The nested blocks, each with the dataclass that owns its keys.

@@ -63,6 +63,7 @@ def prepare_rollout(config: Any, respec: RespecConfig) -> RolloutSettings:
         controller=respec.to_dict()["controller"],
         profile_path=profile_path,
         state_path=str(folder / STATE_FILE),
+        draft_sample_method=respec.drafter.sample_method,
     )
     with open_dict(config):
         rollout = config.actor_rollout_ref.rollout

@@ -24,6 +24,9 @@ class RolloutSettings:
     scheduler's controller then picks k every step. controller: the `ControllerConfig` fields.
     profile_path: the step-cost profile JSON for the adaptive controller. state_path: where the
     scheduler writes the controller's state and its k choices (and resumes from).
+    draft_sample_method: vLLM's, "probabilistic" (draft tokens sampled from q, accepted with
+    probability min(1, p/q): 1 - TV(p, q) per token, which the KD loss raises) or "greedy" (argmax
+    of q, accepted with probability p(token)).
     """
 
     speculative: bool
@@ -33,6 +36,7 @@ class RolloutSettings:
     controller: dict[str, Any] = field(default_factory=dict)
     profile_path: str | None = None
     state_path: str | None = None
+    draft_sample_method: str = "probabilistic"
 
     @classmethod
     def from_dict(cls, data: dict | None) -> RolloutSettings | None:
@@ -57,6 +61,7 @@ class RolloutSettings:
             "model": self.drafter_dir,
             "num_speculative_tokens": self.max_k,
             "num_speculative_tokens_per_batch_size": [list(r) for r in schedule],
+            "draft_sample_method": self.draft_sample_method,
         }
 
     def scheduler_settings(self) -> dict[str, Any]:
