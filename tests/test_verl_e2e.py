@@ -2,7 +2,9 @@
 
 Two steps of our GRPO recipe on the tiny Llama with `actor_rollout_ref.respec.enable=true` (vLLM
 rollouts with a self-draft, the drafter distilled after each actor update and pushed into vLLM),
-and a checkpoint at step 2. The run is supervised with an outer
+and a checkpoint at step 2. The self-draft keeps both of the tiny actor's layers, so the drafter
+vLLM should run is the actor itself: near-total acceptance proves that the pushed drafter is the
+one vLLM runs (vLLM starts from dummy weights here, so a push that missed a tensor shows at once). The run is supervised with an outer
 timeout that kills the whole process tree (a failure inside vLLM would otherwise hang).
 """
 
@@ -19,9 +21,9 @@ pytestmark = pytest.mark.slow
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "respec_grpo" / "config"
 RESPEC_ON = [
     "actor_rollout_ref.respec.enable=true",
-    "actor_rollout_ref.respec.drafter.self_draft_layers=1",
-    # the tiny model's drafter costs as much as the target (its output layer dominates), so the
-    # adaptive controller would rightly never speculate; a fixed k exercises every speculative path
+    "actor_rollout_ref.respec.drafter.self_draft_layers=2",
+    # this drafter costs as much as the target, so the adaptive controller would rightly never
+    # speculate; a fixed k exercises every speculative path
     "actor_rollout_ref.respec.controller.policy=fixed",
     "actor_rollout_ref.respec.controller.max_k=2",
     "actor_rollout_ref.respec.evolution.async_update=false",
@@ -67,6 +69,8 @@ def test_grpo_with_respec_runs_evolves_the_drafter_and_checkpoints_it(tmp_path):
         assert m["respec/drafter/failures"] == 0
         assert m["respec/drafter/weight_min"] < m["respec/drafter/weight_max"]  # rewards weight the rollouts
     assert first.metrics[2]["actor/kl_loss"] > 0.01, "the actor did not move, so stale weights would not show"
+    # step 1 speculates with drafter version 0, the actor's own weights pushed at start: q = p
+    assert first.metrics[1]["rollout/spec_accept_rate"] > 0.9
     assert first.metrics[2]["respec/controller/k_mean"] == 2.0  # the fixed policy's k reached vLLM's scheduler
 
     checkpoint = tmp_path / "checkpoints" / "global_step_2"

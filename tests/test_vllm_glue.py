@@ -80,9 +80,13 @@ class _FakeScheduler:
 
         self.vllm_config = types.SimpleNamespace(additional_config={"respec": settings})
         self.num_spec_tokens = num_spec_tokens
-        for name in ("_respec_init", "_respec_choose", "_respec_observe", "respec_save_state"):
+        for name in ("_respec_init", "_respec_choose", "_respec_observe", "respec_save_state", "_respec_save_when_idle"):
             setattr(self, name, types.MethodType(getattr(_RespecStepControl, name), self))
+        self.unfinished = 0
         self._respec_init()
+
+    def has_unfinished_requests(self) -> bool:
+        return self.unfinished > 0
 
 
 def _step(sched, batch: int, k_scheduled: int, accepted: list[int]):
@@ -119,6 +123,22 @@ def test_scheduler_control_picks_k_per_batch_size_and_saves_state(tmp_path):
     assert doc["observed_steps"] == 2 and doc["controller"]["acceptance"]
     # a restarted engine resumes the controller from the state file
     assert _FakeScheduler(settings)._respec_policy.state_dict()["acceptance"] == doc["controller"]["acceptance"]
+
+
+def test_scheduler_state_is_written_when_the_engine_runs_out_of_requests(tmp_path):
+    pytest.importorskip("vllm")
+    state = tmp_path / "state.json"
+    sched = _FakeScheduler({"controller": {"policy": "fixed", "max_k": 2}, "state_path": str(state)})
+    sched.unfinished = 3
+    _step(sched, batch=3, k_scheduled=0, accepted=[0] * 3)
+    sched._respec_save_when_idle()
+    assert not state.exists()  # requests still running: no write per step
+    sched.unfinished = 0
+    sched._respec_save_when_idle()
+    assert json.loads(state.read_text())["choices"] == {"3": {"2": 1}}
+    state.unlink()
+    sched._respec_save_when_idle()
+    assert not state.exists()  # nothing new since the last write
 
 
 def test_scheduler_control_learns_acceptance_from_steps(tmp_path):

@@ -43,8 +43,9 @@ def make_kd_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence
 
 @torch.no_grad()
 def attach_teacher(batch: KDBatch, target: torch.nn.Module, drafter: Drafter, temperature: float, top_k: int) -> None:
-    """Compute the target's soft labels once, in the drafter's vocabulary."""
-    logits = target(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    """Compute the target's soft labels once, in the drafter's vocabulary (on the target's device)."""
+    device = next(target.parameters()).device
+    logits = target(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
     batch.teacher = teacher_targets(logits, temperature, drafter.draft_to_target, top_k)
 
 

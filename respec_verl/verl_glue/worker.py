@@ -1,25 +1,26 @@
-"""verl's actor/rollout worker plus respec's drafter: distil after each actor update, push to vLLM.
+"""verl's actor/rollout worker plus respec's drafter: distil with each actor update, push to vLLM.
 
 `RespecActorRolloutRefWorker` subclasses verl's `ActorRolloutRefWorker` and overrides four
-registered methods, each calling verl's first:
+registered methods, each calling verl's:
 - `init_model`: also builds the drafter learner (`DrafterLearner`, the backend-neutral core) on
-  the drafter folder vLLM loads, and a teacher copy of the actor that the learner takes the
-  actor's soft labels from;
-- `update_actor`: after verl's actor update, refreshes the teacher from the updated actor
-  (`engine.get_per_tensor_param`, the same full tensors verl streams to vLLM), buffers the
-  batch's rollouts with their rewards or advantages, and starts the drafter update (in the
-  background when `evolution.async_update`, so it overlaps the weight sync and the next rollout);
-  its metrics ride along with the actor's as `respec/drafter/*`;
-- `update_weights`: after verl's actor -> vLLM sync, streams the newest finished drafter to the
-  vLLM workers (`RespecWorkerExtension.respec_update_drafter`) whenever its version changed (and
-  at start, since vLLM came up with dummy weights), then checks that the engine reports that
-  version: a mismatch is an error, not a silent slowdown;
+  the drafter folder vLLM loads; the learner's teacher is verl's own actor module, so no copy of
+  the actor is kept;
+- `update_actor`: buffers the batch's rollouts with their rewards or advantages and the actor's
+  soft labels, and runs the drafter update. With `evolution.async_update` the labels are the
+  actor's that generated the rollouts, taken before verl's update, and the drafter trains in the
+  background while verl updates the actor (ReSpec's async overlap: the next rollout uses a
+  drafter one actor version behind); without it the labels are the updated actor's and the
+  drafter trains after the actor update. Its metrics ride along with the actor's as
+  `respec/drafter/*`;
+- `update_weights`: after verl's actor -> vLLM sync, waits for a drafter update still in flight,
+  streams the newest drafter to the vLLM workers (`RespecWorkerExtension.respec_update_drafter`)
+  whenever its version changed (and at start, since vLLM came up with dummy weights), then checks
+  that the engine reports that version: a mismatch is an error, not a silent slowdown;
 - `save_checkpoint` / `load_checkpoint`: the learner's state (drafter, optimizer, version) beside
   the actor's.
 
-Limits: the teacher is a full copy of the actor on each rank (fine for small actors; a large one
-wants the labels from verl's own forward), and each data-parallel rank trains its own drafter copy
-on its shard of the batch and pushes it to the vLLM server it feeds.
+Limits: each data-parallel rank trains its own drafter copy on its shard of the batch and pushes
+it to the vLLM server it feeds; the labels cost one forward of the actor over the batch.
 """
 
 from __future__ import annotations
@@ -90,55 +91,44 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
             self._respec_build_learner()
 
     def _respec_build_learner(self) -> None:
-        from transformers import AutoModelForCausalLM
-
         from respec_verl.drafter.drafter_dir import load_drafter_dir
         from respec_verl.drafter.learner import DrafterLearner
 
         custom = self.config.rollout.get("custom") or {}
-        drafter_dir = custom["respec"]["drafter_dir"]
-        device = next(self.actor.engine.module.parameters()).device if hasattr(self.actor.engine, "module") else "cpu"
-        if str(device).startswith("meta"):
-            device = "cpu"
-        drafter = load_drafter_dir(drafter_dir, dtype=torch.float32)
-        drafter.model.to(device)
-        teacher = AutoModelForCausalLM.from_pretrained(self.config.model.path, dtype=torch.float32).to(device).eval()
-        teacher.requires_grad_(False)
-        self._respec_teacher = teacher
-        self._respec_learner = DrafterLearner(drafter, self.respec.evolution, target=teacher)
+        drafter = load_drafter_dir(custom["respec"]["drafter_dir"], dtype=torch.float32)
+        device = next(self.actor.engine.module.parameters()).device
+        drafter.model.to("cpu" if device.type == "meta" else device)
+        self._respec_learner = DrafterLearner(drafter, self.respec.evolution, target=self.actor.engine.module)
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def update_actor(self, data):
-        output = super().update_actor(data)
         learner = self._respec_learner
         if learner is None:
-            return output
+            return super().update_actor(data)
         self._respec_step += 1
-        self._respec_refresh_teacher()
-        prompts, responses = rollout_rows(data)
-        scores = rollout_scores(data, self.respec.evolution.weighting)
-        learner.add_rollouts(prompts, responses, scores)
-        finished = learner.update(self._respec_step) if not self.respec.evolution.async_update else None
-        if finished is None:  # async: report the last finished update (the one this step's push carries)
-            finished = learner.metrics
+        background = self.respec.evolution.async_update
+        if background:  # labels of the actor that generated these rollouts; train while verl updates it
+            self._respec_add_rollouts(data)
+            learner.update(self._respec_step)
+        output = super().update_actor(data)
+        if not background:  # labels of the updated actor, then train
+            self._respec_add_rollouts(data)
+            learner.update(self._respec_step)
+        finished = learner.metrics  # the last finished update (async: usually the previous step's)
         if output is not None:
             metrics = output["metrics"] if "metrics" in output.keys() else None
             if isinstance(metrics, dict):
                 for name, value in finished.items():  # the learner's names are `respec/drafter/*` already
                     metrics[name] = [float(value)]
                 metrics["respec/drafter/version"] = [float(learner.version)]
-        if self.respec.evolution.async_update:
-            learner.update(self._respec_step)
         return output
 
-    def _respec_refresh_teacher(self) -> None:
-        """Copy the just-updated actor into the teacher (full tensors, HF names)."""
-        params, _ = self.actor.engine.get_per_tensor_param()
-        state = self._respec_teacher.state_dict()
-        with torch.no_grad():
-            for name, tensor in params:
-                if name in state:
-                    state[name].copy_(tensor.to(state[name].device, state[name].dtype))
+    def _respec_add_rollouts(self, data) -> None:
+        """Buffer the batch's rollouts, with the actor's soft labels from verl's own actor module."""
+        prompts, responses = rollout_rows(data)
+        scores = rollout_scores(data, self.respec.evolution.weighting)
+        with self.actor.engine.eval_mode():
+            self._respec_learner.add_rollouts(prompts, responses, scores)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
     async def update_weights(self, global_steps: int = None, mode: str = "auto"):
@@ -153,6 +143,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
 
         from respec_verl.drafter.drafter_dir import checkpoint_tensors
 
+        self._respec_learner.wait()  # an update still in flight belongs to this step's rollout
         drafter = self._respec_learner.latest()
         if self._respec_pushed == drafter.version:
             return

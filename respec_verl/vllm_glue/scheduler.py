@@ -10,7 +10,8 @@ and `update_from_output()` feeds the step's outcome back. The engine is started 
 too (any, the controller's initial one), so vLLM plans for a k that varies per step.
 
 The controller's state (acceptance, calibration, choices per batch size) is written to a JSON
-file (atomically, every `_SAVE_EVERY` observed steps), which the trainer reads for metrics and
+file (atomically, every `_SAVE_EVERY` observed steps and whenever the engine runs out of requests,
+i.e. at the end of each rollout), which the trainer reads for metrics and
 checkpoints, and which a restarted engine resumes from. Settings arrive through vLLM's
 `additional_config["respec"]` (see `RespecvLLMHttpServer`), as plain JSON.
 
@@ -73,7 +74,14 @@ class _RespecStepControl:
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
         self._respec_observe(scheduler_output, model_runner_output)
-        return super().update_from_output(scheduler_output, model_runner_output)
+        result = super().update_from_output(scheduler_output, model_runner_output)
+        self._respec_save_when_idle()
+        return result
+
+    def _respec_save_when_idle(self) -> None:
+        """Save the state once nothing is left to run: the trainer reads it right after a rollout."""
+        if self._respec_policy is not None and self._respec_unsaved and not self.has_unfinished_requests():
+            self.respec_save_state()
 
     def _respec_init(self) -> None:
         settings = (self.vllm_config.additional_config or {}).get(ADDITIONAL_CONFIG_KEY)
@@ -85,6 +93,7 @@ class _RespecStepControl:
         self._respec_choices: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self._respec_started: dict[int, float] = {}
         self._respec_observed = 0
+        self._respec_unsaved = False  # steps chosen since the state file was last written
         logger.info("respec: k chosen per step by %s", type(self._respec_policy).__name__)
 
     def _respec_choose(self, output: Any) -> Any:
@@ -96,6 +105,7 @@ class _RespecStepControl:
         k = min(int(policy.choose_k(batch_size)), self.num_spec_tokens)
         output.num_spec_tokens_to_schedule = k
         self._respec_choices[batch_size][k] += 1
+        self._respec_unsaved = True
         self._respec_started[id(output)] = time.perf_counter()
         return output
 
@@ -148,6 +158,7 @@ class _RespecStepControl:
         }
         try:
             write_json_atomic(path, doc)
+            self._respec_unsaved = False
         except OSError as e:  # metrics only: never stop generation over a state file
             logger.warning("respec: could not write controller state to %s: %s", path, e)
 
