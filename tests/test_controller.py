@@ -25,6 +25,7 @@ from respec_verl.spec import (
     build_k_policy,
     profile_step_costs,
 )
+from respec_verl.spec.engine_profile import engine_step_times, profile_engine_steps
 from tests.conftest import tiny_llama
 
 CTX = 256
@@ -292,6 +293,38 @@ def test_calibration_skips_warm_up_catch_up_and_unusable_times():
     assert cal.ratio(1) == pytest.approx(math.sqrt(3.0 * 1.5))
 
 
+def test_calibration_keeps_measured_batch_buckets_apart():
+    cal = StepTimeCalibration(decay=0.5)
+    cal.observe(2, 1.0, 1.0, batch_size=1)  # first at k=2: warm-up
+    for _ in range(6):
+        cal.observe(2, 1.1, 1.0, batch_size=1)  # cheap where memory-bound
+        cal.observe(2, 2.0, 1.0, batch_size=40)  # dear where compute-bound
+    assert cal.ratio(2, 1) == pytest.approx(1.1, rel=0.01)
+    assert cal.ratio(2, 63) == pytest.approx(2.0, rel=0.01)  # 40 and 63 share the bucket 32..63
+    assert 1.1 < cal.ratio(2, 8) < 2.0 and cal.ratio(2, 8) == cal.ratio(2)  # an unmeasured bucket: the shared one
+    assert cal.ratio(3, 40) == cal.ratio(2)  # an unmeasured k borrows the nearest k's shared ratio
+    restored = StepTimeCalibration(decay=0.5)
+    restored.load_state_dict(json.loads(json.dumps(cal.state_dict())))
+    assert [restored.ratio(2, b) for b in (1, 8, 40)] == [cal.ratio(2, b) for b in (1, 8, 40)]
+
+
+def test_controller_turns_sd_off_at_large_batches_only_when_only_they_cost_more():
+    """Real SD steps 3x dearer than profiled at batch 32 and up, as profiled below: SD stays on at batch 1.
+
+    A ratio shared by all batch sizes would carry batch 40's 3x to batch 1 and turn SD off there too.
+    """
+    profile = synthetic_profile(lambda tokens: 0.01)  # every forward memory-bound: SD pays everywhere
+    config = ControllerConfig(prior_acceptance=0.8, probe_interval=0)
+    controller = AdaptiveController(profile, config)
+    assert controller.choose_k(40) > 0 and controller.choose_k(1) > 0  # the profile says SD wins at both
+    rng = random.Random(0)
+    for b in [1] * 12 + [40] * 12:
+        k = controller.choose_k(b)
+        record = timed_record(rng, profile, b, k, 1.0, 3.0 if b >= 32 else 1.0)
+        controller.observe(record)
+    assert controller.best_k(40) == 0 and controller.best_k(1) > 0
+
+
 def test_calibration_borrows_from_the_nearest_speculative_k_and_can_be_off():
     cal = StepTimeCalibration(decay=0.5)
     for k, ratio in ((1, 1.5), (4, 2.0)):
@@ -480,6 +513,27 @@ def test_profile_step_costs_on_tiny_model_is_complete():
     assert profile.key.dtype == "float32" and profile.key.device.startswith("cpu")
     assert profile.key.drafter.startswith("LlamaForCausalLM-1L")
     assert AdaptiveController(profile).choose_k(2) in range(5)
+
+
+def test_engine_step_profile_is_complete_and_drives_the_controller(tmp_path):
+    target = tiny_llama(layers=2, hidden=32)
+    drafter = self_draft(target, 1)
+    profile = profile_engine_steps(target, drafter, [1, 3], [1, 2], context_len=8, steps=3, progress=False)
+    assert profile.missing() == [] and profile.has_spec_times
+    assert set(profile.decode_s) == {(8, 1), (8, 3)} and set(profile.engine_s) == {(8, b, k) for b in (1, 3) for k in (1, 2)}
+    assert not profile.draft_s and not profile.verify_s  # whole steps, not parts
+    assert profile.step_time(3, 2) == profile.engine_s[(8, 3, 2)] > 0
+    profile.save(tmp_path / "p.json")
+    assert StepCostProfile.load(tmp_path / "p.json", profile.key) == profile
+    assert AdaptiveController(profile).choose_k(2) in range(3)
+
+
+def test_engine_step_times_count_only_steps_at_the_full_k_and_batch():
+    target = tiny_llama(layers=2, hidden=32)
+    exact = self_draft(target, 2)  # accepts every greedy draft: a row emits k + 1 tokens per step
+    engine = SpeculativeEngine(target, exact)
+    times = engine_step_times(engine, [[1, 2, 3], [4, 5, 6]], k=3, steps=4, warmup_steps=1)
+    assert len(times) == 4 and all(t > 0 for t in times)
 
 
 # ---------------------------------------------------------------- acceptance

@@ -1,9 +1,12 @@
 """Online calibration of the profiled step costs against what the engine's steps really take.
 
-The profile times bare forward passes; an engine step also pays sampling, log-probs, KV masking
-and rollback and per-row bookkeeping, and more so for a speculative step than for a plain one.
-Deciding on the bare costs keeps speculation on where it loses, so the controller scales each
-profiled cost by the measured/predicted ratio of recent engine steps at the same k.
+A profile of bare forward passes misses what an engine step also pays (sampling, log-probs, KV
+masking and rollback, per-row bookkeeping; in a serving engine, scheduling and its own kernels),
+more so for a speculative step than for a plain one, and differently at each batch size; even a
+profile of whole engine steps drifts (context growth, other load). Deciding on uncorrected costs
+keeps speculation on where it loses, so the controller scales each profiled cost by the
+measured/predicted ratio of recent engine steps at the same k, per batch-size bucket where that
+bucket has been measured.
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ MAX_FIRST_RATIO = 10.0  # a first measurement sets a ratio within [1/10, 10]
 MAX_MOVE = 2.0  # each later one moves it by at most this factor, so a stall is one bounded blip
 
 
+def batch_bucket(batch_size: int) -> int:
+    """The power of two at or below `batch_size`: 1, 2, 4, 8, ... (costs change smoothly within one)."""
+    return 1 << (max(int(batch_size), 1).bit_length() - 1)
+
+
 def _usable(seconds: float) -> bool:
     return isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0
 
@@ -21,8 +29,11 @@ def _usable(seconds: float) -> bool:
 class StepTimeCalibration:
     """Smoothed measured / predicted step time per k, k = 0 (plain decoding) included.
 
-    Kept per k and shared across batch sizes: the controller needs costs at batch sizes it has not
-    run yet, and most (batch size, k) cells are never observed. The running value is a moving
+    Two levels: per k, shared across batch sizes (the controller needs costs at batch sizes it has
+    not run yet, and most (batch size, k) cells are never observed), and per (batch-size bucket, k)
+    for the cells that were, which override the shared ratio there: the overheads a profile misses
+    differ between a batch of 1 and one of 64, and a shared ratio learnt at one would misjudge the
+    other. Each running value is a moving
     average of log(measured / predicted) (a geometric mean) whose weight on the past is
     decay ** (engine steps since k was last measured): consecutive steps at k average with weight
     `decay`, while a ratio left alone for long (speculation off, seen only at a probe) gives way to
@@ -37,8 +48,10 @@ class StepTimeCalibration:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"StepTimeCalibration.decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.log_ratio: dict[int, float] = {}
+        self.log_ratio: dict[int, float] = {}  # per k, all batch sizes
         self.updated_at: dict[int, int] = {}  # the step count at each k's last update
+        self.local: dict[tuple[int, int], float] = {}  # per (batch bucket, k)
+        self.local_updated_at: dict[tuple[int, int], int] = {}
         self.steps = 0  # engine steps observed
         self._seen: set[int] = set()  # ks already stepped: warm-up belongs to this process, not a checkpoint
         self._last_k: int | None = None
@@ -47,8 +60,9 @@ class StepTimeCalibration:
     def enabled(self) -> bool:
         return self.decay > 0.0
 
-    def observe(self, k: int, measured_s: float, predicted_s: float) -> None:
-        """Fold in one engine step of draft length k that took `measured_s` where the profile said `predicted_s`."""
+    def observe(self, k: int, measured_s: float, predicted_s: float, batch_size: int | None = None) -> None:
+        """Fold in one engine step of draft length k (at `batch_size`, if known) that took `measured_s`
+        where the profile said `predicted_s`."""
         self.steps += 1
         catch_up = k > 0 and self._last_k == 0
         first = k not in self._seen
@@ -56,30 +70,24 @@ class StepTimeCalibration:
         self._last_k = k
         if not self.enabled or first or catch_up or not (_usable(measured_s) and _usable(predicted_s)):
             return
-        self._update(k, math.log(measured_s / predicted_s))
+        log_ratio = math.log(measured_s / predicted_s)
+        _update(self.log_ratio, self.updated_at, k, log_ratio, self.steps, self.decay)
+        if batch_size is not None:
+            _update(self.local, self.local_updated_at, (batch_bucket(batch_size), k), log_ratio, self.steps, self.decay)
 
-    def _update(self, k: int, log_ratio: float) -> None:
-        if k not in self.log_ratio:
-            bound = math.log(MAX_FIRST_RATIO)
-            new = min(max(log_ratio, -bound), bound)
-        else:
-            old = self.log_ratio[k]
-            weight = self.decay ** (self.steps - self.updated_at[k])
-            bound = math.log(MAX_MOVE)
-            new = old + min(max((1.0 - weight) * (log_ratio - old), -bound), bound)
-        self.log_ratio[k] = new
-        self.updated_at[k] = self.steps
+    def ratio(self, k: int, batch_size: int | None = None) -> float:
+        """The factor on the profile's step time at k (and `batch_size`); 1 before any evidence.
 
-    def ratio(self, k: int) -> float:
-        """The factor on the profile's step time at k; 1 before any evidence (or when disabled).
-
-        An unmeasured k > 0 takes the ratio of the nearest measured k > 0 (ties: the smaller), since
+        A measured (batch bucket, k) cell gives its own ratio. Otherwise the shared one at k; an
+        unmeasured k > 0 takes the ratio of the nearest measured k > 0 (ties: the smaller), since
         speculative steps share their overheads and learning each k's cost by running it would lose;
         with no speculative step measured, the plain ratio, since a speculative step does all a
         plain one does. An unmeasured k = 0 stays at 1: plain decoding is what the profile times.
         """
         if not self.enabled:
             return 1.0
+        if batch_size is not None and (batch_bucket(batch_size), k) in self.local:
+            return math.exp(self.local[(batch_bucket(batch_size), k)])
         if k in self.log_ratio:
             return math.exp(self.log_ratio[k])
         measured = [j for j in self.log_ratio if j > 0]
@@ -88,14 +96,35 @@ class StepTimeCalibration:
         return math.exp(self.log_ratio[min(measured, key=lambda j: (abs(j - k), j))])
 
     def state_dict(self) -> dict[str, dict[str, float]]:
-        """Ratios and their ages in steps, keyed by str(k) so a JSON round trip is exact."""
+        """Ratios and their ages in steps, keyed by "k" and "bucket:k" so a JSON round trip is exact."""
         return {
             "log_ratio": {str(k): v for k, v in sorted(self.log_ratio.items())},
             "age": {str(k): self.steps - self.updated_at[k] for k in sorted(self.log_ratio)},
+            "local": {f"{b}:{k}": v for (b, k), v in sorted(self.local.items())},
+            "local_age": {f"{b}:{k}": self.steps - self.local_updated_at[(b, k)] for b, k in sorted(self.local)},
         }
 
     def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        """Restore `state_dict()`; a state saved before the per-bucket cells existed has none."""
         self.log_ratio = {int(k): float(v) for k, v in state["log_ratio"].items()}
         age = state.get("age", {})
         self.steps = 0
         self.updated_at = {k: -int(age.get(str(k), 0)) for k in self.log_ratio}
+        cells = {tuple(int(x) for x in key.split(":")): (key, float(v)) for key, v in state.get("local", {}).items()}
+        local_age = state.get("local_age", {})
+        self.local = {cell: v for cell, (_, v) in cells.items()}
+        self.local_updated_at = {cell: -int(local_age.get(key, 0)) for cell, (key, _) in cells.items()}
+
+
+def _update(table: dict, updated_at: dict, key, log_ratio: float, steps: int, decay: float) -> None:
+    """Move `table[key]` toward `log_ratio`: weight decay ** (steps since its last update) on the past."""
+    if key not in table:
+        bound = math.log(MAX_FIRST_RATIO)
+        new = min(max(log_ratio, -bound), bound)
+    else:
+        old = table[key]
+        weight = decay ** (steps - updated_at[key])
+        bound = math.log(MAX_MOVE)
+        new = old + min(max((1.0 - weight) * (log_ratio - old), -bound), bound)
+    table[key] = new
+    updated_at[key] = steps

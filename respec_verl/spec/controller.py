@@ -127,9 +127,9 @@ class AdaptiveController:
     def _set_profile(self, profile: StepCostProfile) -> None:
         if not profile.decode_s:
             raise ValueError(f"step-cost profile {profile.key} has no plain decoding times")
-        if any(k > 0 for k in self.candidates) and not (profile.draft_s and profile.verify_s):
+        if any(k > 0 for k in self.candidates) and not profile.has_spec_times:
             raise ValueError(
-                f"step-cost profile {profile.key} has no draft/verify times, needed for candidates {self.candidates}"
+                f"step-cost profile {profile.key} has no speculative step times, needed for candidates {self.candidates}"
             )
         self.profile = profile
         self._step_times: dict[tuple[int, int, int], float] = {}
@@ -149,7 +149,7 @@ class AdaptiveController:
 
     def step_time(self, batch_size: int, k: int) -> float:
         """Predicted seconds of an engine step: the profile's, calibrated on the measured steps."""
-        return self.profile_time(batch_size, k) * self.calibration.ratio(k)
+        return self.profile_time(batch_size, k) * self.calibration.ratio(k, batch_size)
 
     def goodput(self, batch_size: int, k: int) -> float:
         """Predicted tokens per second for the whole batch."""
@@ -206,7 +206,7 @@ class AdaptiveController:
         self.acceptance.observe(record)
         # a k outside the candidates (the engine cut k at the length cap) may be missing from the profile
         predicted = self.profile_time(record.batch_size, record.k) if record.k in self.candidates else math.nan
-        self.calibration.observe(record.k, record.step_time_s, predicted)
+        self.calibration.observe(record.k, record.step_time_s, predicted, record.batch_size)
         self.plain_streak = self.plain_streak + 1 if record.k == 0 else 0
 
     def schedule(self, max_batch_size: int) -> list[tuple[int, int, int]]:

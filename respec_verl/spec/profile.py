@@ -63,35 +63,44 @@ class StepCostProfile:
 
     `decode_s`: one plain decoding step of the target. `draft_s`: the drafter proposing k tokens
     (its k forward passes, the first one feeding the token the target emitted last step).
-    `verify_s`: the target's forward over the k + 1 tokens [last, d_1..d_k].
+    `verify_s`: the target's forward over the k + 1 tokens [last, d_1..d_k]. `engine_s`: whole
+    speculative engine steps at k > 0 measured through the engine loop (`engine_profile`), which
+    also pay sampling, KV rollback and bookkeeping; where present they replace draft + verify.
     """
 
     key: ProfileKey
     decode_s: dict[tuple[int, int], float] = field(default_factory=dict)
     draft_s: dict[tuple[int, int, int], float] = field(default_factory=dict)
     verify_s: dict[tuple[int, int, int], float] = field(default_factory=dict)
+    engine_s: dict[tuple[int, int, int], float] = field(default_factory=dict)
 
     @property
     def context_lens(self) -> list[int]:
-        return sorted({c for c, _ in self.decode_s} | {c for c, _, _ in self.verify_s})
+        return sorted({c for c, _ in self.decode_s} | {c for c, _, _ in (*self.verify_s, *self.engine_s)})
 
     @property
     def batch_sizes(self) -> list[int]:
-        return sorted({b for _, b in self.decode_s} | {b for _, b, _ in self.verify_s})
+        return sorted({b for _, b in self.decode_s} | {b for _, b, _ in (*self.verify_s, *self.engine_s)})
 
     @property
     def ks(self) -> list[int]:
-        return sorted({k for _, _, k in self.verify_s} | {k for _, _, k in self.draft_s})
+        return sorted({k for _, _, k in self.verify_s} | {k for _, _, k in self.draft_s} | {k for _, _, k in self.engine_s})
+
+    @property
+    def has_spec_times(self) -> bool:
+        """Whether speculative steps can be predicted (draft and verify, or whole engine steps)."""
+        return bool(self.engine_s) or bool(self.draft_s and self.verify_s)
 
     def missing(self) -> list[str]:
         """Grid points without a measurement (empty for a complete table)."""
         gaps = []
+        tables = (("engine", self.engine_s),) if self.engine_s else (("draft", self.draft_s), ("verify", self.verify_s))
         for c in self.context_lens:
             for b in self.batch_sizes:
                 if (c, b) not in self.decode_s:
                     gaps.append(f"decode context_len={c} batch_size={b}")
                 for k in self.ks:
-                    for name, table in (("draft", self.draft_s), ("verify", self.verify_s)):
+                    for name, table in tables:
                         if (c, b, k) not in table:
                             gaps.append(f"{name} context_len={c} batch_size={b} k={k}")
         return gaps
@@ -113,6 +122,9 @@ class StepCostProfile:
         """Predicted seconds of one engine step drafting k tokens (k = 0: plain decoding)."""
         if k == 0:
             return self.decode_time(batch_size, context_len)
+        ctx = self.bucket(context_len)
+        if any(c == ctx for c, _, _ in self.engine_s):
+            return _interp_grid(self.engine_s, ctx, batch_size, k, f"engine ({self.key})")
         return self.draft_time(batch_size, k, context_len) + self.verify_time(batch_size, k, context_len)
 
     def bucket(self, context_len: int | None) -> int:
@@ -127,7 +139,7 @@ class StepCostProfile:
     def to_dict(self) -> dict:
         """Plain rows, readable in the JSON file and exact under a JSON round trip."""
         spec_keys = sorted(set(self.draft_s) | set(self.verify_s))
-        return {
+        doc = {
             "key": asdict(self.key),
             "decode": [
                 {"context_len": c, "batch_size": b, "decode_s": t} for (c, b), t in sorted(self.decode_s.items())
@@ -143,6 +155,11 @@ class StepCostProfile:
                 for c, b, k in spec_keys
             ],
         }
+        if self.engine_s:
+            doc["engine"] = [
+                {"context_len": c, "batch_size": b, "k": k, "step_s": t} for (c, b, k), t in sorted(self.engine_s.items())
+            ]
+        return doc
 
     @classmethod
     def from_dict(cls, data: dict) -> StepCostProfile:
@@ -155,6 +172,8 @@ class StepCostProfile:
                 profile.draft_s[point] = float(row["draft_s"])
             if row.get("verify_s") is not None:
                 profile.verify_s[point] = float(row["verify_s"])
+        for row in data.get("engine", []):
+            profile.engine_s[(int(row["context_len"]), int(row["batch_size"]), int(row["k"]))] = float(row["step_s"])
         return profile
 
     def save(self, path: str | os.PathLike) -> None:

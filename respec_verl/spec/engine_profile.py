@@ -1,0 +1,85 @@
+"""Step costs measured through the engine loop itself: what the controller's goodput divides by.
+
+`profile_step_costs` times bare forward passes (a decode, a verify over k + 1 tokens, k draft
+passes). A real engine step also pays sampling, the log-probs of what it emits, KV rollback and
+per-row bookkeeping, and those grow with k and the batch: on the 2-core CPU a bare profile put a
+speculative step at batch 16 at 1.5 decode steps where the engine took 2.0, and the controller
+kept speculating where it lost (docs/results.md section 2). This profiler runs `SpeculativeEngine`
+itself at each (batch size, k), plain steps through the same loop with the drafter present, and
+records the median wall time of the steps after a warm-up: the numbers the controller predicts.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from respec_verl.drafter.drafter import Drafter
+from respec_verl.spec.engine import SpeculativeEngine
+from respec_verl.spec.policy import FixedK
+from respec_verl.spec.profile import ProfileKey, StepCostProfile
+from respec_verl.spec.sampling import SamplingParams
+
+
+def engine_step_times(
+    engine: SpeculativeEngine, prompts: list[list[int]], k: int, steps: int, warmup_steps: int
+) -> list[float]:
+    """Wall times of `steps` engine steps at draft length k over `prompts`, after `warmup_steps` untimed ones.
+
+    Greedy decoding without stop tokens: no row finishes early. Steps whose k was cut at the
+    length cap, or after a row finished, are not counted; the run is lengthened until enough are.
+    """
+    engine.k_policy = FixedK(k)
+    length = warmup_steps + steps + k + 2  # enough when the drafts are rejected, as on random prompts
+    while True:
+        records = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=length)).stats.steps
+        timed = [r.step_time_s for r in records[warmup_steps:] if r.k == k and r.batch_size == len(prompts)]
+        if len(timed) >= steps or length > (warmup_steps + steps) * (k + 1) + k:
+            return timed[:steps]
+        length *= 2
+
+
+@torch.inference_mode()
+def profile_engine_steps(
+    target: torch.nn.Module,
+    drafter: Drafter,
+    batch_sizes: Sequence[int],
+    ks: Sequence[int],
+    context_len: int = 128,
+    steps: int = 6,
+    warmup_steps: int = 2,
+    progress: bool = True,
+    key: ProfileKey | None = None,
+    seed: int = 0,
+) -> StepCostProfile:
+    """Median engine step time per (batch size, k), k = 0 included, over random prompts of `context_len` tokens.
+
+    Returns a `StepCostProfile` whose `decode_s` holds the plain steps and `engine_s` the
+    speculative ones. The first steps of each run are left out: the prefill's allocations and,
+    after a plain step, the drafter's catch-up belong to a switch, not to a step at k.
+    """
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"profile batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"profile ks must be a non-empty list of integers >= 1, got {list(ks)}")
+    if context_len < 1 or steps < 1 or warmup_steps < 1:
+        raise ValueError(f"profile context_len, steps and warmup_steps must be >= 1, got {context_len}, {steps}, {warmup_steps}")
+    vocab = int(target.get_output_embeddings().weight.shape[0])
+    generator = torch.Generator().manual_seed(seed)
+    engine = SpeculativeEngine(target, drafter)
+    profile = StepCostProfile(key or ProfileKey.of(target, drafter))
+    with tqdm(total=len(batch_sizes) * (1 + len(ks)), desc="profiling engine steps", disable=not progress) as bar:
+        for b in batch_sizes:
+            prompts = torch.randint(vocab, (b, context_len), generator=generator).tolist()
+            for k in (0, *ks):
+                bar.set_postfix(batch_size=b, k=k)
+                median = statistics.median(engine_step_times(engine, prompts, k, steps, warmup_steps))
+                if k == 0:
+                    profile.decode_s[(context_len, b)] = median
+                else:
+                    profile.engine_s[(context_len, b, k)] = median
+                bar.update()
+    return profile
