@@ -1,7 +1,8 @@
 """Adaptive controller vs every static k vs plain decoding, measured side by side in one run.
 
 SmolLM2-135M-Instruct target, a 2-layer reduced-vocabulary self-draft distilled on the target's
-answers. The step costs are profiled first through the engine loop (`profile_engine_steps`, whole
+answers to the workload's kinds of prompts (templated questions, and long texts like the long-tail
+rollout's stragglers). The step costs are profiled first through the engine loop (`profile_engine_steps`, whole
 engine steps per batch size and k); then, for each batch size, the same prompts run under plain
 decoding, each static k and the controller, `--repeats` times in a rotating order, and each
 configuration's median tokens/s is compared (a single run at a batch size is noisy by several
@@ -65,7 +66,7 @@ def repeated(engines: dict[str, SpeculativeEngine], prompts, params, repeats: in
     return out
 
 
-def tail_share(run: dict, small_batch: int = 4) -> float:
+def tail_share(run: dict, small_batch: int = 8) -> float:
     """Share of a run's step time spent at live batch sizes <= `small_batch` (where speculation can pay)."""
     total = sum(run["step_times_s"])
     small = sum(t for (b, _), t in zip(run["steps"], run["step_times_s"]) if b <= small_batch)
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=150)
     parser.add_argument("--long-fraction", type=float, default=0.0625,
                         help="share of long-answer requests in the long-tail rollout (0.0625: about 4 stragglers of 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration and batch size (median kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per configuration and batch size (median kept)")
     parser.add_argument("--tail-repeats", type=int, default=2, help="runs per configuration of the long-tail rollout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/controller.json")
@@ -119,17 +120,23 @@ def main() -> None:
     target32, tokenizer = load_smollm2(torch.float32)
     eos = tokenizer.eos_token_id
     params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens, stop_token_ids=(eos,))
-    train = [encode_chat(tokenizer, q) for q in make_questions(128, seed=args.seed)]
-    drafter, _ = warm_up_self_draft(target32, train, actor_answers(target32, train, params), always_tokens=[eos],
+    # the drafter learns the workload it serves, as an RL drafter learns the task's rollouts: the
+    # templated questions, and some long texts like the long-tail rollout's stragglers
+    train = [encode_chat(tokenizer, q) for q in make_questions(112, seed=args.seed)]
+    long_train = [encode_chat(tokenizer, q) for q in make_long_tail_questions(16, seed=args.seed + 5, long_fraction=1.0)]
+    long_params = SamplingParams(temperature=0.0, max_new_tokens=args.tail_new_tokens // 2, stop_token_ids=(eos,))
+    answers = actor_answers(target32, train, params) + actor_answers(target32, long_train, long_params)
+    drafter, _ = warm_up_self_draft(target32, train + long_train, answers, always_tokens=[eos],
                                     steps=args.distill_steps, seed=args.seed)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     target = target32.to(dtype)
     drafter.model.to(dtype)
 
-    profile = profile_engine_steps(target, drafter, sizes, ks, context_len=128,
+    prompts = [encode_chat(tokenizer, q) for q in make_questions(max(sizes), seed=args.seed + 1)]
+    profile_prompts = [encode_chat(tokenizer, q) for q in make_questions(max(sizes), seed=args.seed + 3)]  # not the timed ones
+    profile = profile_engine_steps(target, drafter, sizes, ks, context_len=64, prompts=profile_prompts, steps=10,
                                    key=ProfileKey.of(target, drafter, model_name=MODEL_NAME))
     controller = AdaptiveController(profile, ControllerConfig(max_k=max(ks), candidates=tuple([0] + ks)))
-    prompts = [encode_chat(tokenizer, q) for q in make_questions(max(sizes), seed=args.seed + 1)]
     timed(SpeculativeEngine(target, drafter, controller), prompts[:4], params)  # warm-up, and a first acceptance estimate
 
     by_batch = []
@@ -156,14 +163,14 @@ def main() -> None:
     tail = repeated(tail_engines, tail_prompts, tail_params, args.tail_repeats)
     plain_tps = tail["plain"]["tokens_per_s"]
     share = tail_share(tail["plain"])
-    print(f"long tail: plain decoding spends {share:.0%} of its step time at live batch sizes <= 4")
+    print(f"long tail: plain decoding spends {share:.0%} of its step time at live batch sizes <= 8")
     for name, r in tail.items():
         print(f"long tail {name:>10}: {r['tokens_per_s']:6.1f} tokens/s, {r['tokens_per_s'] / plain_tps:.2f}x plain, "
               f"{r['wall_s']:.0f}s")
 
     result = {"args": vars(args), "profile": profile.to_dict(), "schedule": controller.schedule(max(sizes)),
               "by_batch_size": by_batch,
-              "long_tail": {"best_static_k": best_k, "runs": tail, "plain_time_share_at_batch_le_4": share,
+              "long_tail": {"best_static_k": best_k, "runs": tail, "plain_time_share_at_batch_le_8": share,
                             "controller_over_plain": tail["controller"]["tokens_per_s"] / plain_tps,
                             "controller_over_best_static": tail["controller"]["tokens_per_s"] / tail[f"k={best_k}"]["tokens_per_s"]},
               "controller_state": controller.state_dict()}

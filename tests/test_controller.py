@@ -597,3 +597,23 @@ def test_engine_times_whole_steps_and_feeds_the_calibration():
     assert steps and all(s.step_time_s >= s.draft_time_s + s.target_time_s > 0 for s in steps)
     assert out.stats.step_time_s == pytest.approx(sum(s.step_time_s for s in steps))
     assert controller.calibration.log_ratio  # the measured times reached the controller
+
+
+def test_rows_leaving_the_batch_are_not_charged_to_the_step(monkeypatch):
+    """Dropping finished rows copies the caches whatever k is; the step's time, which the controller
+    calibrates on, must not include it (else the k in use when rows finish would look dear)."""
+    import time as time_module
+
+    from respec_verl.spec import engine as engine_module
+
+    drop = engine_module._Run._drop_finished
+
+    def slow_drop(self, keep):
+        if len(keep) < len(self.alive):
+            time_module.sleep(0.3)
+        drop(self, keep)
+
+    monkeypatch.setattr(engine_module._Run, "_drop_finished", slow_drop)
+    target = tiny_llama(seed=6)
+    out = SpeculativeEngine(target).generate([[1, 2, 3], [4, 5, 6, 7]], SamplingParams(temperature=0.0, max_new_tokens=6))
+    assert len(out.token_ids[0]) == 6 and all(s.step_time_s < 0.3 for s in out.stats.steps)

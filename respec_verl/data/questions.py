@@ -28,15 +28,17 @@ SHORT = "What is {a} + {b}? Answer with the number only."
 LONG = ["Write a short story about {s}.", "Explain in detail how {s} changes over a year.", "Write a poem about {s}."]
 
 
-def make_long_tail_questions(n: int, seed: int, long_fraction: float = 0.25) -> list[str]:
+def make_long_tail_questions(n: int, seed: int, long_fraction: float = 0.0625) -> list[str]:
     """A batch whose answers end at very different lengths, like an RL rollout's long tail.
 
-    Most questions are answered in a few tokens; `long_fraction` of them ask for long texts that run
-    to the length cap, so the live batch shrinks from n to a handful of stragglers.
+    round(n * long_fraction) questions (at least one) ask for long texts that run to the length cap;
+    the others are sums answered in a few tokens. The live batch drops from n to those few
+    stragglers within a couple of dozen steps and stays there, as a GRPO batch does when most
+    responses finish early and a few run to the maximum length.
     """
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        template = rng.choice(LONG) if rng.random() < long_fraction else rng.choice([SHORT] + TEMPLATES)
-        out.append(template.format(a=rng.randint(2, 99), b=rng.randint(2, 99), s=rng.choice(SUBJECTS)))
-    return out
+    long = set(rng.sample(range(n), max(1, min(n, round(n * long_fraction)))))
+    return [
+        (rng.choice(LONG) if i in long else SHORT).format(a=rng.randint(2, 99), b=rng.randint(2, 99), s=rng.choice(SUBJECTS))
+        for i in range(n)
+    ]

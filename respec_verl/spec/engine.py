@@ -115,7 +115,8 @@ class _Run:
             self.proposer.start(ids, valid, first)
         self.stats.prefill_time_s = time.perf_counter() - start
         self.last = first
-        self._emit(first[:, None], token_logprobs(logits, first, params.temperature)[:, None], torch.zeros(batch))
+        first_logprobs = token_logprobs(logits, first, params.temperature)[:, None]
+        self._drop_finished(self._emit(first[:, None], first_logprobs, torch.zeros(batch)))
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.params.greedy:
@@ -166,15 +167,22 @@ class _Run:
         self._finish_step(step_start, verdict.next_token, emitted, logprobs, n, record)
 
     def _finish_step(self, step_start: float, last, emitted, logprobs, num_accepted, record: StepRecord) -> None:
-        """Emit, then time the whole step: the policy calibrates its costs on what a step really takes."""
+        """Emit, then time the step: the policy calibrates its costs on what a step at its k really takes.
+
+        The time stops before finished rows leave the batch: that copies the caches once per finished
+        row whatever k is, and charging it to the step's k would make the k in use when rows finish
+        (often 0, near the length cap) look dear.
+        """
         self.last = last
-        self._emit(emitted, logprobs, num_accepted)
+        keep = self._emit(emitted, logprobs, num_accepted)
         record.step_time_s = time.perf_counter() - step_start
+        self._drop_finished(keep)
         self.stats.record(record)
         self.engine.k_policy.observe(record)
 
-    def _emit(self, emitted: torch.Tensor, logprobs: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        """Append each row's first num_accepted+1 tokens, stop rows at a stop token or the length cap."""
+    def _emit(self, emitted: torch.Tensor, logprobs: torch.Tensor, num_accepted: torch.Tensor) -> list[int]:
+        """Append each row's first num_accepted+1 tokens; returns the rows that did not reach a stop
+        token or the length cap."""
         keep = []
         for row, request in enumerate(self.alive):
             out, out_lp = self.outputs[request], self.out_logprobs[request]
@@ -189,6 +197,10 @@ class _Run:
                     break
             if not done:
                 keep.append(row)
+        return keep
+
+    def _drop_finished(self, keep: list[int]) -> None:
+        """Shrink the batch to the rows in `keep` (caches, generators, last tokens)."""
         if len(keep) == len(self.alive):
             return
         self.alive = [self.alive[r] for r in keep]

@@ -54,12 +54,17 @@ def profile_engine_steps(
     progress: bool = True,
     key: ProfileKey | None = None,
     seed: int = 0,
+    prompts: Sequence[Sequence[int]] | None = None,
 ) -> StepCostProfile:
-    """Median engine step time per (batch size, k), k = 0 included, over random prompts of `context_len` tokens.
+    """Median engine step time per (batch size, k), k = 0 included.
 
-    Returns a `StepCostProfile` whose `decode_s` holds the plain steps and `engine_s` the
-    speculative ones. The first steps of each run are left out: the prefill's allocations and,
-    after a plain step, the drafter's catch-up belong to a switch, not to a step at k.
+    `prompts`: the workload's own prompts (cycled to fill a batch), so that acceptance, and with it
+    what a step costs (rows that accept different numbers of drafts leave holes in the KV cache,
+    which later steps attend over), is the workload's; None uses random prompts of `context_len`
+    tokens, on which almost every draft is rejected. Returns a `StepCostProfile` whose `decode_s`
+    holds the plain steps and `engine_s` the speculative ones, keyed by `context_len`. The first
+    steps of each run are left out: the prefill's allocations and, after a plain step, the
+    drafter's catch-up belong to a switch, not to a step at k.
     """
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"profile batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
@@ -73,10 +78,13 @@ def profile_engine_steps(
     profile = StepCostProfile(key or ProfileKey.of(target, drafter))
     with tqdm(total=len(batch_sizes) * (1 + len(ks)), desc="profiling engine steps", disable=not progress) as bar:
         for b in batch_sizes:
-            prompts = torch.randint(vocab, (b, context_len), generator=generator).tolist()
+            if prompts:
+                batch = [list(prompts[i % len(prompts)]) for i in range(b)]
+            else:
+                batch = torch.randint(vocab, (b, context_len), generator=generator).tolist()
             for k in (0, *ks):
                 bar.set_postfix(batch_size=b, k=k)
-                median = statistics.median(engine_step_times(engine, prompts, k, steps, warmup_steps))
+                median = statistics.median(engine_step_times(engine, batch, k, steps, warmup_steps))
                 if k == 0:
                     profile.decode_s[(context_len, b)] = median
                 else:
