@@ -12,6 +12,7 @@ import torch
 from respec_verl.drafter import DrafterLearner, LearnerConfig, self_draft
 from respec_verl.drafter.distill import attach_teacher, make_kd_batch
 from respec_verl.drafter.kd_loss import reward_weighted_kd_loss
+from respec_verl.drafter.recording import recorded_updates
 from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
 from tests.conftest import tiny_llama
 
@@ -233,6 +234,32 @@ def test_teacher_logits_can_be_given_instead_of_a_target():
         by_target.add_rollouts(prompts, responses)
 
 
+def test_recorded_updates_replay_to_the_same_drafter(tmp_path):
+    """A second learner fed the recorded updates follows the run's drafter exactly (same data, same seed)."""
+    target = tiny_llama(seed=49)
+    recording = small_learner(target, record_dir=str(tmp_path / "updates"), top_k=8)
+    batches = [rollouts(target, 6, seed=s) for s in (1, 2, 3)]
+    for step, (prompts, responses, rewards) in enumerate(batches, start=1):
+        recording.add_rollouts(prompts, responses, rewards)
+        recording.update(step)
+    recorded = recorded_updates(tmp_path / "updates")
+    assert [v for v, _ in recorded] == [1, 2, 3] and [len(r) for _, r in recorded] == [6, 6, 6]
+    assert recorded[0][1][0].score == pytest.approx(batches[0][2][0])
+    assert recorded[0][1][0].teacher.sparse_ids.shape[-1] == 8  # the labels as the learner stored them
+
+    replay = DrafterLearner(self_draft(target, 1), recording.config)  # no target: the labels are recorded
+    for step, (_, labelled) in enumerate(recorded, start=1):
+        replay.add_labelled(labelled)
+        replay.update(step)
+    assert replay.version == 3
+    assert same_weights(weights_of(replay.latest()), weights_of(recording.latest()))
+    uniform = DrafterLearner(self_draft(target, 1), LearnerConfig(**{**recording.config.__dict__, "weighting": "uniform"}))
+    for step, (_, labelled) in enumerate(recorded, start=1):
+        uniform.add_labelled(labelled)
+        uniform.update(step)
+    assert not same_weights(weights_of(uniform.latest()), weights_of(recording.latest()))  # the weights matter
+
+
 @pytest.mark.parametrize(
     "field,value,allowed",
     [
@@ -248,6 +275,7 @@ def test_teacher_logits_can_be_given_instead_of_a_target():
         ("async_update", "yes", "True or False"),
         ("max_loss", math.inf, "finite"),
         ("max_grad_norm", math.nan, "finite"),
+        ("record_dir", "", "a folder path"),
     ],
 )
 def test_config_errors_name_the_full_key_value_and_allowed_values(field, value, allowed):

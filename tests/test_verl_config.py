@@ -68,6 +68,8 @@ def test_interpolations_are_resolved_against_the_whole_config():
         ({"controller": {"max_k": -1}}, "actor_rollout_ref.respec.controller.max_k", "-1", "an integer >= 0"),
         ({"controller": {"max_k": "4"}}, "actor_rollout_ref.respec.controller.max_k", "'4'", "an integer >= 0"),
         ({"evolution": {"interval": 0}}, "actor_rollout_ref.respec.evolution.interval", "0", "an integer >= 1"),
+        ({"record": {"dir": ""}}, "actor_rollout_ref.respec.record.dir", "''", "a folder path"),
+        ({"record": {"actor_every": -1}}, "actor_rollout_ref.respec.record.actor_every", "-1", ">= 0"),
     ],
 )
 def test_every_bad_value_names_its_key_value_and_allowed_values(block, key, value, allowed):

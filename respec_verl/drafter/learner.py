@@ -20,95 +20,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from respec_verl.drafter.distill import KDBatch, attach_teacher, make_kd_batch, trainable_parameters
 from respec_verl.drafter.drafter import Drafter
-from respec_verl.drafter.kd_loss import (
-    AGGREGATIONS,
-    WEIGHTINGS,
-    TeacherTargets,
-    reward_weighted_kd_loss,
-    sequence_weights,
-    teacher_targets,
-)
+from respec_verl.drafter.kd_loss import TeacherTargets, reward_weighted_kd_loss, sequence_weights, teacher_targets
+from respec_verl.drafter.learner_config import CONFIG_KEY, LearnerConfig  # noqa: F401 (re-exported)
+from respec_verl.drafter.recording import LabelledRollout, record_update
 
 logger = logging.getLogger(__name__)
-
-CONFIG_KEY = "actor_rollout_ref.respec.evolution"
-
-
-@dataclass
-class LearnerConfig:
-    """`actor_rollout_ref.respec.evolution`: how and when the drafter follows the actor.
-
-    `interval`: update every this many RL steps (ReSpec's Async-1 is best); `steps_per_update`
-    optimizer steps of `batch_size` rollouts each; `weighting` of each rollout in {reward,
-    advantage, uniform}, min-max normalised into [`w_min`, 1] per update; `temperature` of the
-    rollouts (the actor's soft labels are taken at it; 0 means greedy rollouts, labels at 1);
-    `top_k` > 0 keeps sparse top-k labels (memory: dense labels are [tokens, vocab] floats).
-    Guards: a loss above `max_loss` (nats per token) or a pre-clip gradient norm above
-    `max_grad_norm` rejects the whole update; gradients are clipped to `grad_clip`.
-    """
-
-    interval: int = 1
-    steps_per_update: int = 4
-    lr: float = 3e-4
-    batch_size: int = 8
-    weighting: str = "reward"
-    w_min: float = 0.1
-    aggregation: str = "token_mean"
-    temperature: float = 1.0
-    top_k: int = 64
-    async_update: bool = True
-    buffer_size: int = 1024
-    grad_clip: float = 1.0
-    max_loss: float = 100.0
-    max_grad_norm: float = 1e3
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("interval", "steps_per_update", "batch_size", "buffer_size"):
-            value = getattr(self, name)
-            _require(name, value, _is_int(value) and value >= 1, "an integer >= 1")
-        _require("top_k", self.top_k, _is_int(self.top_k) and self.top_k >= 0, "an integer >= 0 (0: dense labels)")
-        _require("seed", self.seed, _is_int(self.seed), "an integer")
-        for name in ("lr", "grad_clip", "max_loss", "max_grad_norm"):
-            value = getattr(self, name)
-            _require(name, value, _is_real(value) and 0 < value < math.inf, "a finite number > 0")
-        _require("weighting", self.weighting, self.weighting in WEIGHTINGS, f"one of {WEIGHTINGS}")
-        _require("aggregation", self.aggregation, self.aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}")
-        _require("w_min", self.w_min, _is_real(self.w_min) and 0.0 <= self.w_min <= 1.0, "a number in [0, 1]")
-        ok = _is_real(self.temperature) and 0.0 <= self.temperature < math.inf
-        _require("temperature", self.temperature, ok, "a finite number >= 0 (0: greedy rollouts)")
-        _require("async_update", self.async_update, isinstance(self.async_update, bool), "True or False")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def _require(name: str, value: Any, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{CONFIG_KEY}.{name} must be {allowed}, got {value!r}")
-
-
-@dataclass
-class _Rollout:
-    """One rollout and the actor's labels at the positions that predict its response tokens."""
-
-    prompt: list[int]
-    response: list[int]
-    score: float
-    teacher: TeacherTargets  # logprobs [R, Vd or K], sparse_ids [R, K] or None
-
 
 class _Rejected(Exception):
     """An update tripped a guard (non-finite or exploding loss or gradient)."""
@@ -132,7 +55,7 @@ class DrafterLearner:
         self._train = Drafter(model, drafter.draft_to_target, drafter.version)
         self._optimizer = torch.optim.AdamW(trainable_parameters(self._train), lr=self.config.lr, weight_decay=0.0)
         self._rng = random.Random(self.config.seed)
-        self._buffer: deque[_Rollout] = deque(maxlen=self.config.buffer_size)
+        self._buffer: deque[LabelledRollout] = deque(maxlen=self.config.buffer_size)
         self._lock = threading.Lock()  # guards the buffer, the published drafter and the counters
         self._thread: threading.Thread | None = None
         self._updates = self._failures = self._tokens_seen = 0
@@ -172,7 +95,12 @@ class DrafterLearner:
             labels = self._labels_from_target([prompts[i] for i in keep], [responses[i] for i in keep])
         with self._lock:
             for i, teacher in zip(keep, labels):
-                self._buffer.append(_Rollout(list(prompts[i]), list(responses[i]), score_list[i], teacher))
+                self._buffer.append(LabelledRollout(list(prompts[i]), list(responses[i]), score_list[i], teacher))
+
+    def add_labelled(self, rollouts: Sequence[LabelledRollout]) -> None:
+        """Buffer rollouts that carry their labels already (recorded ones, replayed offline)."""
+        with self._lock:
+            self._buffer.extend(rollouts)
 
     def _labels(self, logits: torch.Tensor) -> TeacherTargets:
         t = teacher_targets(logits[None].detach().cpu(), self.config.temperature, self._map(), self.config.top_k)
@@ -243,7 +171,7 @@ class DrafterLearner:
         with self._lock:
             return dict(self._metrics)
 
-    def _run(self, rollouts: list[_Rollout]) -> dict[str, float]:
+    def _run(self, rollouts: list[LabelledRollout]) -> dict[str, float]:
         """One update, all or nothing; never raises (it runs in the RL loop's thread or in the background)."""
         start = time.perf_counter()
         snapshot, weights = None, torch.ones(len(rollouts))
@@ -261,6 +189,11 @@ class DrafterLearner:
             ok, losses, norms, tokens = False, [math.nan], [math.nan], 0
         else:
             ok = True
+        if ok and self.config.record_dir:
+            try:
+                record_update(self.config.record_dir, published.version, rollouts)
+            except OSError as error:  # a record is for analysis: it must not fail the update
+                logger.warning("could not record drafter update %d: %s", published.version, error)
         with self._lock:
             if ok:
                 self._train.version += 1
@@ -287,7 +220,7 @@ class DrafterLearner:
             }
             return dict(self._metrics)
 
-    def _train_on(self, rollouts: list[_Rollout], weights: torch.Tensor) -> tuple[list[float], list[float], int]:
+    def _train_on(self, rollouts: list[LabelledRollout], weights: torch.Tensor) -> tuple[list[float], list[float], int]:
         """`steps_per_update` optimizer steps over shuffled mini-batches of the rollouts."""
         order = list(range(len(rollouts)))
         self._rng.shuffle(order)
@@ -334,7 +267,7 @@ class DrafterLearner:
             draft_logits, batch.teacher, batch.response_mask, batch.weights, c.temperature, c.aggregation
         )
 
-    def _batch(self, rollouts: list[_Rollout], weights: torch.Tensor) -> KDBatch:
+    def _batch(self, rollouts: list[LabelledRollout], weights: torch.Tensor) -> KDBatch:
         """Right-padded ids with the stored labels placed at the positions that predict the response."""
         batch = make_kd_batch([r.prompt for r in rollouts], [r.response for r in rollouts])
         (rows, width), first = batch.input_ids.shape, rollouts[0].teacher

@@ -40,16 +40,8 @@ def write_warm_self_draft(
     torch.manual_seed(seed)
     target = AutoModelForCausalLM.from_pretrained(actor_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(actor_dir)
-    prompts = [
-        tokenizer(
-            tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False),
-            add_special_tokens=False,
-        )["input_ids"]
-        for q in questions
-    ]
-    eos = target.generation_config.eos_token_id
-    eos = eos if isinstance(eos, list) else [eos]
-    stops = tuple(sorted({int(t) for t in (*eos, tokenizer.eos_token_id) if t is not None}))
+    prompts = chat_prompts(tokenizer, questions)
+    stops = stop_token_ids(tokenizer, target)
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, stop_token_ids=stops)
     answers = actor_answers(target, prompts, params)
     drafter, losses = warm_up_self_draft(
@@ -58,3 +50,21 @@ def write_warm_self_draft(
     )
     save_drafter_dir(drafter, out_dir, tokenizer_from=actor_dir)
     return Path(out_dir), losses
+
+
+def chat_prompts(tokenizer, questions: Sequence[str]) -> list[list[int]]:
+    """Token ids of one-turn chat prompts, ready for the assistant's answer (as verl templates them)."""
+    return [
+        tokenizer(
+            tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False,
+        )["input_ids"]
+        for q in questions
+    ]
+
+
+def stop_token_ids(tokenizer, model) -> tuple[int, ...]:
+    """The tokens that end an answer: the tokenizer's EOS and the model's generation-config EOS ids."""
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    return tuple(sorted({int(t) for t in (*eos, tokenizer.eos_token_id) if t is not None}))

@@ -67,8 +67,34 @@ class DrafterConfig:
             _fail(f"{key}.sample_method", self.sample_method, "one of " + ", ".join(repr(m) for m in SAMPLE_METHODS))
 
 
+@dataclass
+class RecordConfig:
+    """`actor_rollout_ref.respec.record`: what a run keeps for offline analysis (`bench/evolution.py`).
+
+    dir: None keeps nothing. A folder gets every drafter update's rollouts with their scores and
+    the actor's labels (`updates/`, see `respec_verl.drafter.recording`) and, every `actor_every`
+    RL steps, the updated actor as a Hugging Face folder (`actor_step_<n>/`, 0: never), so that
+    other drafter policies can be replayed and measured on the run's own actor trajectory.
+    """
+
+    dir: str | None = None
+    actor_every: int = 10
+
+    def __post_init__(self) -> None:
+        key = f"{CONFIG_KEY}.record"
+        if self.dir is not None and (not isinstance(self.dir, str) or not self.dir.strip()):
+            _fail(f"{key}.dir", self.dir, "null (keep nothing) or a folder path")
+        if not _is_int(self.actor_every) or self.actor_every < 0:
+            _fail(f"{key}.actor_every", self.actor_every, "an integer >= 0 (0: no actor snapshots)")
+
+
 # The nested blocks, each with the dataclass that owns its keys.
-_BLOCKS: dict[str, type] = {"drafter": DrafterConfig, "controller": ControllerConfig, "evolution": LearnerConfig}
+_BLOCKS: dict[str, type] = {
+    "drafter": DrafterConfig,
+    "controller": ControllerConfig,
+    "evolution": LearnerConfig,
+    "record": RecordConfig,
+}
 
 
 @dataclass
@@ -86,6 +112,7 @@ class RespecConfig:
     drafter: DrafterConfig = field(default_factory=DrafterConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     evolution: LearnerConfig = field(default_factory=LearnerConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.enable, bool):

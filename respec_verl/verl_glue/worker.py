@@ -12,12 +12,14 @@ registered methods, each calling verl's:
   drafter one actor version behind); without it the labels are the updated actor's and the
   drafter trains after the actor update. Its metrics ride along with the actor's as
   `respec/drafter/*`;
-- `update_weights`: after verl's actor -> vLLM sync, waits for a drafter update still in flight,
-  streams the newest drafter to the vLLM workers (`RespecWorkerExtension.respec_update_drafter`)
+- `update_weights`: after verl's actor -> vLLM sync, streams the newest drafter to the vLLM workers (`RespecWorkerExtension.respec_update_drafter`)
   whenever its version changed (and at start, since vLLM came up with dummy weights), then checks
   that the engine reports that version: a mismatch is an error, not a silent slowdown;
 - `save_checkpoint` / `load_checkpoint`: the learner's state (drafter, optimizer, version) beside
   the actor's.
+
+With `respec.record.dir` set, the drafter's training data of every update and, every
+`record.actor_every` steps, the updated actor are kept there for offline analysis.
 
 Limits: each data-parallel rank trains its own drafter copy on its shard of the batch and pushes
 it to the vLLM server it feeds; the labels cost one forward of the actor over the batch.
@@ -25,14 +27,17 @@ it to the vLLM server it feeds; the labels cost one forward of the actor over th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from respec_verl.drafter.drafter_dir import TOKENIZER_FILES
 from respec_verl.verl_glue.config import RespecConfig
 
 logger = logging.getLogger(__name__)
@@ -98,7 +103,10 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         drafter = load_drafter_dir(custom["respec"]["drafter_dir"], dtype=torch.float32)
         device = next(self.actor.engine.module.parameters()).device
         drafter.model.to("cpu" if device.type == "meta" else device)
-        self._respec_learner = DrafterLearner(drafter, self.respec.evolution, target=self.actor.engine.module)
+        evolution = self.respec.evolution
+        if self.respec.record.dir:
+            evolution = dataclasses.replace(evolution, record_dir=os.path.join(self.respec.record.dir, "updates"))
+        self._respec_learner = DrafterLearner(drafter, evolution, target=self.actor.engine.module)
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def update_actor(self, data):
@@ -111,10 +119,15 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
             self._respec_add_rollouts(data)
             learner.update(self._respec_step)
         output = super().update_actor(data)
-        if not background:  # labels of the updated actor, then train
+        if background:
+            learner.wait()  # it had the actor update to overlap; what is left of it is this step's cost
+        else:  # labels of the updated actor, then train
             self._respec_add_rollouts(data)
             learner.update(self._respec_step)
-        finished = learner.metrics  # the last finished update (async: usually the previous step's)
+        record = self.respec.record
+        if record.dir and record.actor_every and self._respec_step % record.actor_every == 0:
+            self._respec_save_actor(os.path.join(record.dir, f"actor_step_{self._respec_step}"))
+        finished = learner.metrics  # this step's update
         if output is not None:
             metrics = output["metrics"] if "metrics" in output.keys() else None
             if isinstance(metrics, dict):
@@ -130,6 +143,22 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         with self.actor.engine.eval_mode():
             self._respec_learner.add_rollouts(prompts, responses, scores)
 
+    def _respec_save_actor(self, folder: str) -> None:
+        """The updated actor as a Hugging Face folder (full tensors, HF names), for offline analysis."""
+        from safetensors.torch import save_file
+
+        from respec_verl.drafter.drafter_dir import copy_tokenizer_files
+
+        params, _ = self.actor.engine.get_per_tensor_param()
+        tensors = {name: t.detach().to("cpu", torch.float32).clone() for name, t in params}  # own storage: tied ones too
+        if torch.distributed.get_rank() != 0:
+            return
+        os.makedirs(folder, exist_ok=True)
+        save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        source = self.config.model.path
+        copy_tokenizer_files(Path(source), Path(folder), names=("config.json", *TOKENIZER_FILES))
+        logger.info("respec: recorded the actor of step %d in %s", self._respec_step, folder)
+
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
     async def update_weights(self, global_steps: int = None, mode: str = "auto"):
         result = await super().update_weights(global_steps=global_steps, mode=mode)
@@ -143,7 +172,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
 
         from respec_verl.drafter.drafter_dir import checkpoint_tensors
 
-        self._respec_learner.wait()  # an update still in flight belongs to this step's rollout
+        self._respec_learner.wait()  # none is in flight after update_actor; this is a guard
         drafter = self._respec_learner.latest()
         if self._respec_pushed == drafter.version:
             return

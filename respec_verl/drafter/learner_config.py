@@ -1,0 +1,76 @@
+"""`actor_rollout_ref.respec.evolution`: the drafter learner's settings, validated."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from respec_verl.drafter.kd_loss import AGGREGATIONS, WEIGHTINGS
+
+CONFIG_KEY = "actor_rollout_ref.respec.evolution"
+
+
+@dataclass
+class LearnerConfig:
+    """`actor_rollout_ref.respec.evolution`: how and when the drafter follows the actor.
+
+    `interval`: update every this many RL steps (ReSpec's Async-1 is best); `steps_per_update`
+    optimizer steps of `batch_size` rollouts each; `weighting` of each rollout in {reward,
+    advantage, uniform}, min-max normalised into [`w_min`, 1] per update; `temperature` of the
+    rollouts (the actor's soft labels are taken at it; 0 means greedy rollouts, labels at 1);
+    `top_k` > 0 keeps sparse top-k labels (memory: dense labels are [tokens, vocab] floats).
+    Guards: a loss above `max_loss` (nats per token) or a pre-clip gradient norm above
+    `max_grad_norm` rejects the whole update; gradients are clipped to `grad_clip`.
+    `record_dir`: a folder where every finished update writes the rollouts it trained on, with
+    their scores and the actor's labels (`recording.py`), so that other drafter policies can be
+    replayed on the same actor trajectory offline (`bench/evolution.py`); None records nothing.
+    """
+
+    interval: int = 1
+    steps_per_update: int = 4
+    lr: float = 3e-4
+    batch_size: int = 8
+    weighting: str = "reward"
+    w_min: float = 0.1
+    aggregation: str = "token_mean"
+    temperature: float = 1.0
+    top_k: int = 64
+    async_update: bool = True
+    buffer_size: int = 1024
+    grad_clip: float = 1.0
+    max_loss: float = 100.0
+    max_grad_norm: float = 1e3
+    seed: int = 0
+    record_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "steps_per_update", "batch_size", "buffer_size"):
+            value = getattr(self, name)
+            _require(name, value, _is_int(value) and value >= 1, "an integer >= 1")
+        _require("top_k", self.top_k, _is_int(self.top_k) and self.top_k >= 0, "an integer >= 0 (0: dense labels)")
+        _require("seed", self.seed, _is_int(self.seed), "an integer")
+        for name in ("lr", "grad_clip", "max_loss", "max_grad_norm"):
+            value = getattr(self, name)
+            _require(name, value, _is_real(value) and 0 < value < math.inf, "a finite number > 0")
+        _require("weighting", self.weighting, self.weighting in WEIGHTINGS, f"one of {WEIGHTINGS}")
+        _require("aggregation", self.aggregation, self.aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}")
+        _require("w_min", self.w_min, _is_real(self.w_min) and 0.0 <= self.w_min <= 1.0, "a number in [0, 1]")
+        ok = _is_real(self.temperature) and 0.0 <= self.temperature < math.inf
+        _require("temperature", self.temperature, ok, "a finite number >= 0 (0: greedy rollouts)")
+        _require("async_update", self.async_update, isinstance(self.async_update, bool), "True or False")
+        ok = self.record_dir is None or (isinstance(self.record_dir, str) and bool(self.record_dir.strip()))
+        _require("record_dir", self.record_dir, ok, "null (record nothing) or a folder path")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _require(name: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{CONFIG_KEY}.{name} must be {allowed}, got {value!r}")
