@@ -37,7 +37,12 @@ class ControllerConfig:
 
     policy: "adaptive" (choose k per step), "fixed" (always `max_k`) or "off" (plain decoding).
     candidates: the k values the adaptive policy may choose (None: 0..max_k; keep 0 in it, or
-    speculation can never be turned off). hysteresis: the relative goodput gain a new k needs
+    speculation can never be turned off). min_gain: the relative goodput gain over plain decoding
+    that speculation must promise before the controller speculates: per-step goodput overstates
+    what speculation does for a fixed batch (a rollout), whose time is set by its stragglers, and
+    they accept less than the batch does (measured on the CPU: at batch 16, k=2 cut the steps of a
+    batch from 31 to 27 where its acceptance length was 2.1), and the model's errors are largest
+    where the predicted gains are small. hysteresis: the relative goodput gain a new k needs
     before the controller leaves the current one. ema_decay, prior_acceptance, prior_strength: see
     `AcceptanceEstimate`. probe_interval: after this many plain steps, draft for one step (two
     with calibration: the first pays the drafter's catch-up) at the smallest positive candidate
@@ -50,6 +55,7 @@ class ControllerConfig:
     policy: str = "adaptive"
     max_k: int = 4
     candidates: tuple[int, ...] | None = None
+    min_gain: float = 0.15
     hysteresis: float = 0.02
     ema_decay: float = 0.9
     prior_acceptance: float = 0.7
@@ -74,6 +80,7 @@ class ControllerConfig:
                 allowed = f"null (0..max_k) or a non-empty list of distinct integers in [0, max_k={self.max_k}]"
                 self._fail("candidates", ks, allowed)
             self.candidates = tuple(sorted(ks))
+        self._check_range("min_gain", self.min_gain, 0.0, 10.0, "a number in [0, 10)", upper_open=True)
         self._check_range("hysteresis", self.hysteresis, 0.0, 1.0, "a number in [0, 1)", upper_open=True)
         self._check_range("ema_decay", self.ema_decay, 0.0, 1.0, "a number in [0, 1)", upper_open=True)
         self._check_range("prior_acceptance", self.prior_acceptance, 0.0, 1.0, "a number in [0, 1]")
@@ -103,7 +110,8 @@ class AdaptiveController:
     step_time(B, 0) is a plain decoding step; step_time(B, k) is drafting k tokens plus verifying
     k + 1, both from the profile (the drafter's catch-up after plain steps is not modelled: it is
     one forward pass over the queued tokens, paid once per switch), each times the calibrated
-    ratio of the engine's measured step time to the profile's at that k. Hysteresis: the controller
+    ratio of the engine's measured step time to the profile's at that k. Speculation must promise
+    `config.min_gain` over plain decoding (see `ControllerConfig`). Hysteresis: the controller
     leaves its current k only for a k whose predicted goodput is higher by more than
     `config.hysteresis` (relative), so a batch size oscillating around a threshold, or a noisy
     acceptance estimate, does not make it flap (vLLM issue #49548).
@@ -155,13 +163,18 @@ class AdaptiveController:
         """Predicted tokens per second for the whole batch."""
         return batch_size * self.acceptance.expected_tokens(k) / self.step_time(batch_size, k)
 
+    def score(self, batch_size: int, k: int) -> float:
+        """What the decision compares: goodput, plain decoding's raised by `min_gain` (speculation must beat it)."""
+        g = self.goodput(batch_size, k)
+        return g * (1.0 + self.config.min_gain) if k == 0 else g
+
     def best_k(self, batch_size: int) -> int:
-        """The argmax without hysteresis (ties go to the smaller, cheaper k)."""
-        best, best_goodput = self.candidates[0], self.goodput(batch_size, self.candidates[0])
+        """The argmax of `score` without hysteresis (ties go to the smaller, cheaper k)."""
+        best, best_score = self.candidates[0], self.score(batch_size, self.candidates[0])
         for k in self.candidates[1:]:
-            g = self.goodput(batch_size, k)
-            if g > best_goodput:
-                best, best_goodput = k, g
+            s = self.score(batch_size, k)
+            if s > best_score:
+                best, best_score = k, s
         return best
 
     def choose_k(self, batch_size: int) -> int:
@@ -169,7 +182,7 @@ class AdaptiveController:
         k = self.current_k
         if k is None or k not in self.candidates:
             k = best
-        elif self.goodput(batch_size, best) > (1.0 + self.config.hysteresis) * self.goodput(batch_size, k):
+        elif self.score(batch_size, best) > (1.0 + self.config.hysteresis) * self.score(batch_size, k):
             k = best  # a clear gain: switch; a gain within the margin is not worth a flap
         self.current_k = k
         if k > 0:
