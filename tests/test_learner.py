@@ -88,6 +88,21 @@ def test_version_advances_once_per_update_every_interval_steps():
     assert learner.version == 2
 
 
+def test_interval_zero_keeps_the_drafter_frozen_and_labels_nothing():
+    target = tiny_llama(seed=42)
+    prompts, responses, rewards = rollouts(target, 8)
+    learner = small_learner(target, interval=0)
+    before = weights_of(learner.latest())
+    calls = []
+    target.register_forward_pre_hook(lambda module, args: calls.append(1))
+    for step in range(1, 4):
+        learner.add_rollouts(prompts, responses, rewards)
+        assert learner.update(step) is None
+    learner.wait()
+    assert learner.version == 0 and same_weights(weights_of(learner.latest()), before)
+    assert calls == []  # no teacher forward: a frozen drafter costs the RL step nothing
+
+
 def test_published_drafters_are_never_mutated():
     target = tiny_llama(seed=43)
     prompts, responses, rewards = rollouts(target, 8)
@@ -263,7 +278,7 @@ def test_recorded_updates_replay_to_the_same_drafter(tmp_path):
 @pytest.mark.parametrize(
     "field,value,allowed",
     [
-        ("interval", 0, ">= 1"),
+        ("interval", -1, ">= 0"),
         ("steps_per_update", 1.5, ">= 1"),
         ("batch_size", True, ">= 1"),
         ("lr", 0.0, "> 0"),

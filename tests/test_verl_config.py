@@ -67,7 +67,7 @@ def test_interpolations_are_resolved_against_the_whole_config():
         ({"drafter": "small"}, "actor_rollout_ref.respec.drafter", "'small'", "self_draft_layers"),
         ({"controller": {"max_k": -1}}, "actor_rollout_ref.respec.controller.max_k", "-1", "an integer >= 0"),
         ({"controller": {"max_k": "4"}}, "actor_rollout_ref.respec.controller.max_k", "'4'", "an integer >= 0"),
-        ({"evolution": {"interval": 0}}, "actor_rollout_ref.respec.evolution.interval", "0", "an integer >= 1"),
+        ({"evolution": {"interval": -1}}, "actor_rollout_ref.respec.evolution.interval", "-1", "an integer >= 0"),
         ({"record": {"dir": ""}}, "actor_rollout_ref.respec.record.dir", "''", "a folder path"),
         ({"record": {"actor_every": -1}}, "actor_rollout_ref.respec.record.actor_every", "-1", ">= 0"),
     ],

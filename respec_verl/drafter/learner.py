@@ -76,6 +76,8 @@ class DrafterLearner:
         `teacher_logits[i]` holds the actor's logits [>= len(responses[i]), V] at the positions that
         predict each response token (what verl's actor computes for response log-probs).
         """
+        if self.config.interval == 0:  # a frozen drafter: no update will ever read the buffer
+            return
         n = len(prompts)
         if len(responses) != n or (scores is not None and len(scores) != n):
             raise ValueError(f"got {n} prompts and {len(responses)} responses, and scores for each are needed")
@@ -131,7 +133,7 @@ class DrafterLearner:
         metrics); if the previous update is still running it first waits for it, so that no rollout
         ever uses a drafter more than one version behind.
         """
-        if step % self.config.interval != 0:
+        if self.config.interval == 0 or step % self.config.interval != 0:
             return None
         self.wait()
         with self._lock:

@@ -15,7 +15,8 @@ CONFIG_KEY = "actor_rollout_ref.respec.evolution"
 class LearnerConfig:
     """`actor_rollout_ref.respec.evolution`: how and when the drafter follows the actor.
 
-    `interval`: update every this many RL steps (ReSpec's Async-1 is best); `steps_per_update`
+    `interval`: update every this many RL steps (ReSpec's Async-1 is best; 0 never updates: the
+    drafter stays frozen and no labels are computed, the baseline of `bench/evolution.py`); `steps_per_update`
     optimizer steps of `batch_size` rollouts each; `weighting` of each rollout in {reward,
     advantage, uniform}, min-max normalised into [`w_min`, 1] per update; `temperature` of the
     rollouts (the actor's soft labels are taken at it; 0 means greedy rollouts, labels at 1);
@@ -45,9 +46,11 @@ class LearnerConfig:
     record_dir: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("interval", "steps_per_update", "batch_size", "buffer_size"):
+        for name in ("steps_per_update", "batch_size", "buffer_size"):
             value = getattr(self, name)
             _require(name, value, _is_int(value) and value >= 1, "an integer >= 1")
+        ok = _is_int(self.interval) and self.interval >= 0
+        _require("interval", self.interval, ok, "an integer >= 0 (0: never update, a frozen drafter)")
         _require("top_k", self.top_k, _is_int(self.top_k) and self.top_k >= 0, "an integer >= 0 (0: dense labels)")
         _require("seed", self.seed, _is_int(self.seed), "an integer")
         for name in ("lr", "grad_clip", "max_loss", "max_grad_norm"):
