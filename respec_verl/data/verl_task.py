@@ -66,7 +66,7 @@ def reward_path() -> Path:
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
-    """verl's custom reward: 1.0 when the first integer of the response is the sum, else 0.0."""
+    """verl's custom reward: 1.0 when the last integer of the response is the sum, else 0.0."""
     if data_source != DATA_SOURCE:
         raise ValueError(f"compute_score scores {DATA_SOURCE!r} rows only, got data_source={data_source!r}")
     return score_answer(int(ground_truth), solution_str)

@@ -122,20 +122,24 @@ def supervise(
         reason = None
         fatal_seen_at = None
         next_sample = 0.0
-        while process.poll() is None:
-            now = time.monotonic()
-            if now >= next_sample:
-                memory.sample()
-                next_sample = now + sample_every_s
-            if now - start > timeout_s:
-                reason = f"timeout after {timeout_s:.0f} s"
-                break
-            if fatal_line:
-                fatal_seen_at = fatal_seen_at or now
-                if now - fatal_seen_at > fatal_grace_s:
-                    reason = f"fatal line: {fatal_line[0]}"
+        try:
+            while process.poll() is None:
+                now = time.monotonic()
+                if now >= next_sample:
+                    memory.sample()
+                    next_sample = now + sample_every_s
+                if now - start > timeout_s:
+                    reason = f"timeout after {timeout_s:.0f} s"
                     break
-            time.sleep(0.5)
+                if fatal_line:
+                    fatal_seen_at = fatal_seen_at or now
+                    if now - fatal_seen_at > fatal_grace_s:
+                        reason = f"fatal line: {fatal_line[0]}"
+                        break
+                time.sleep(0.5)
+        except BaseException:  # Ctrl-C or an error here: the run lives in its own session, so end it
+            _end(process, run_id)
+            raise
         _end(process, run_id)
         reader.join(timeout=10)
         if reason is None and fatal_line and process.returncode != 0:
