@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -91,3 +92,19 @@ def test_a_fresh_import_verl_registers_our_names(tmp_path):
     # the one-key classes: verl's "sync" trainer and "vllm" replica are respec's (verl's own while off)
     assert report["trainer"] == "RespecPPOTrainerSync"
     assert report["replica"] == "RespecvLLMReplica"
+
+
+def test_trainer_polls_the_replay_buffer_often(monkeypatch):
+    """verl polls for finished rollouts every 2 s, which quantises `timing_s/gen` into 2-second steps."""
+    pytest.importorskip("verl")
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    from respec_verl.verl_glue.trainer import REPLAY_POLL_S, RespecPPOTrainerSync
+
+    assert inspect.signature(ReplayBuffer).parameters["poll_interval"].default == 2.0  # what we override
+    built = type("Buffer", (), {"poll_interval": 2.0})()
+    parent = RespecPPOTrainerSync.__mro__[1]
+    assert hasattr(parent, "_build_replay_buffer")  # verl's hook
+    monkeypatch.setattr(parent, "_build_replay_buffer", lambda self: built)
+    trainer = object.__new__(RespecPPOTrainerSync)
+    assert trainer._build_replay_buffer() is built and built.poll_interval == REPLAY_POLL_S < 2.0

@@ -164,6 +164,10 @@ def profile_for_run(
     return out
 
 
+# How often the trainer polls verl's replay buffer for a finished rollout batch (verl: 2 s)
+REPLAY_POLL_S = 0.1
+
+
 class RespecPPOTrainerSync(PPOTrainerSync):
     """verl's sync PPO/GRPO trainer; with `actor_rollout_ref.respec.enable=true`, speculative rollouts too."""
 
@@ -183,6 +187,18 @@ class RespecPPOTrainerSync(PPOTrainerSync):
         for role in (Role.ActorRollout, Role.ActorRolloutRef):
             if role in self.role_worker_mapping:
                 self.role_worker_mapping[role] = ray.remote(RespecActorRolloutRefWorker)
+
+    def _build_replay_buffer(self):
+        """verl's replay buffer, polled every `REPLAY_POLL_S` instead of every 2 s (respec on or off).
+
+        The step waits for its rollouts by polling the buffer, so at 2 s `timing_s/gen` moves in
+        2-second steps and a rollout that ends at 4.1 s is charged 6: on short rollouts that hides
+        any speed-up, speculative or not. (docs/upstream/verl-replay-buffer-poll-interval.md)
+        """
+        buffer = super()._build_replay_buffer()
+        if hasattr(buffer, "poll_interval"):
+            buffer.poll_interval = min(buffer.poll_interval, REPLAY_POLL_S)
+        return buffer
 
     def _update_actor(self, batch, metrics: dict):
         batch = super()._update_actor(batch, metrics)
@@ -255,7 +271,8 @@ def controller_metrics(state_path: str | None) -> dict[str, float]:
 
 
 def install() -> None:
-    """Make respec's trainer verl's "sync" trainer (respec off, it is verl's own PPOTrainerSync)."""
+    """Make respec's trainer verl's "sync" trainer (respec off, it is verl's own PPOTrainerSync but for
+    the replay buffer's poll interval)."""
     from verl.trainer.ppo.v1 import trainer_base
 
     trainer_base.TRAINER_REGISTRY["sync"] = RespecPPOTrainerSync
