@@ -44,7 +44,7 @@ DEFAULT_STEPS = 5  # about 8 minutes on a 2-core CPU with SmolLM2 (docs/results.
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "respec_grpo" / "config"
 LOG_NAME = "main_ppo.log"
 WARMUP_QUESTIONS = 128  # prompts the actor answers for the offline warm-up
-CPU_MEMORY_GIB = {"tiny": 8.0, "smollm2": 15.5}  # peak host memory of the default job, measured on a CPU
+CPU_MEMORY_GIB = {"tiny": 8.0, "smollm2": 12.5}  # peak host memory of the default job, measured on a CPU
 
 
 @dataclass
