@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="a short real GRPO run in verl with speculative rollouts (CPU: about 10 minutes)",
+        help="a short real GRPO run in verl with speculative rollouts (CPU: about 8 minutes)",
         description="Runs verl's GRPO trainer (python -m verl.trainer.main_ppo, our recipe recipes/respec_grpo) with "
         "actor_rollout_ref.respec.enable=true on a locally generated arithmetic task: vLLM rollouts speculate with "
         "a self-draft, the adaptive controller picks k per engine step, and the drafter is distilled from the actor "
