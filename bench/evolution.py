@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from respec_verl.drafter.warm_folder import chat_prompts, stop_token_ids, write_warm_self_draft
+    from respec_verl.drafter.warm_folder import stop_token_ids, write_warm_self_draft
+    from respec_verl.models.smollm2 import encode_chat
     from respec_verl.verl_glue.launch import resolve_model
 
     work = Path(args.work).resolve()
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     drafters["uniform"], _, _ = replayed_drafters(frozen, updates, "uniform", snapshot_steps, learner_config)
     base_actor = resolve_model(args.model, work / "evolving")
     tokenizer = AutoTokenizer.from_pretrained(base_actor)
-    prompts = chat_prompts(tokenizer, [p.question for p in make_problems(args.eval_prompts, seed=args.seed + 20_000)])
+    prompts = [encode_chat(tokenizer, p.question) for p in make_problems(args.eval_prompts, seed=args.seed + 20_000)]
     questions = [p.question for p in make_problems(WARMUP_QUESTIONS, seed=job.seed + 10_000)]  # the warm-up's
     evaluation = []
     for step in [0, *snapshot_steps]:

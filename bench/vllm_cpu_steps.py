@@ -78,9 +78,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from respec_verl.data.arithmetic import make_problems
     from respec_verl.drafter.self_draft import pad_with_low_ids
-    from respec_verl.drafter.warm_folder import chat_prompts
     from respec_verl.json_file import write_json_atomic
-    from respec_verl.models.smollm2 import smollm2_path
+    from respec_verl.models.smollm2 import encode_chat, smollm2_path
     from respec_verl.verl_glue.cpu import sampling
     from respec_verl.verl_glue.self_draft_dir import write_self_draft_dir
 
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(actor)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     prompts = [TokensPrompt(prompt_token_ids=p) for p in
-               chat_prompts(tokenizer, [p.question for p in make_problems(max(sizes), seed=0)])]
+               [encode_chat(tokenizer, p.question) for p in make_problems(max(sizes), seed=0)]]
     with tempfile.TemporaryDirectory() as tmp:
         vocab = pad_with_low_ids([tokenizer.eos_token_id], args.draft_vocab_size, len(tokenizer))
         drafts = {"full": write_self_draft_dir(actor, Path(tmp) / "full", args.draft_layers),

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from respec_verl.drafter.drafter_dir import save_drafter_dir
+from respec_verl.models.smollm2 import encode_chat
 
 
 def write_warm_self_draft(
@@ -40,7 +41,7 @@ def write_warm_self_draft(
     torch.manual_seed(seed)
     target = AutoModelForCausalLM.from_pretrained(actor_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(actor_dir)
-    prompts = chat_prompts(tokenizer, questions)
+    prompts = [encode_chat(tokenizer, q) for q in questions]
     stops = stop_token_ids(tokenizer, target)
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, stop_token_ids=stops)
     answers = actor_answers(target, prompts, params)
@@ -50,17 +51,6 @@ def write_warm_self_draft(
     )
     save_drafter_dir(drafter, out_dir, tokenizer_from=actor_dir)
     return Path(out_dir), losses
-
-
-def chat_prompts(tokenizer, questions: Sequence[str]) -> list[list[int]]:
-    """Token ids of one-turn chat prompts, ready for the assistant's answer (as verl templates them)."""
-    return [
-        tokenizer(
-            tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False),
-            add_special_tokens=False,
-        )["input_ids"]
-        for q in questions
-    ]
 
 
 def stop_token_ids(tokenizer, model) -> tuple[int, ...]:
