@@ -26,6 +26,7 @@ from respec_verl.spec import (
     profile_step_costs,
 )
 from respec_verl.spec.engine_profile import engine_step_times, profile_engine_steps
+from respec_verl.spec.step_table import monotone_grid, non_decreasing
 from tests.conftest import tiny_llama
 
 CTX = 256
@@ -400,6 +401,67 @@ def test_schedule_in_vllm_format():
         controller.schedule(0)
 
 
+def straggler_record(
+    batch_size: int, k: int, batch_accepts: int, straggler_accepts: int, lagging: int = 1
+) -> StepRecord:
+    """The first `lagging` rows lag and accept `straggler_accepts`; the other rows accept `batch_accepts`."""
+    accepted = [straggler_accepts] * lagging + [batch_accepts] * (batch_size - lagging)
+    return StepRecord(batch_size, k, accepted, 0.0, 0.0, lagging=[True] * lagging + [False] * (batch_size - lagging))
+
+
+def test_sd_off_where_the_stragglers_accept_nothing_and_steps_cost_the_same_for_any_batch():
+    """Flat costs: a fixed batch takes as many steps as its slowest row needs, so that row's
+    acceptance, not the batch's mean, decides; at a batch size whose stragglers were never seen
+    (smaller than the measured one) the batch's rates still stand."""
+    profile = synthetic_profile(lambda tokens: 0.01)
+    config = ControllerConfig(
+        max_k=2, candidates=(0, 1, 2), prior_acceptance=0.9, probe_interval=0, calibration_decay=0.0
+    )
+    controller = AdaptiveController(profile, config)
+    blind = AdaptiveController(profile, config)  # the same steps without lagging rows marked
+    for _ in range(30):
+        record = straggler_record(16, 2, batch_accepts=2, straggler_accepts=0, lagging=4)
+        controller.observe(record)
+        blind.observe(dataclasses.replace(record, lagging=None))
+    assert controller.acceptance.expected_tokens(2) > 2.4  # the batch's mean is high
+    assert controller.stragglers.expected_tokens(2, 16, controller.acceptance.rates()) < 1.2
+    assert controller.best_k(16) == 0 and controller.best_k(40) == 0  # a larger batch borrows batch 16's stragglers
+    assert blind.best_k(16) == 2  # by the mean, SD would pay
+    assert controller.best_k(8) == 2 and controller.best_k(1) == 2  # smaller batches: no straggler evidence
+    assert controller.row_share(16, 2) == 0.0
+    tied = AdaptiveController(profile, config)  # every row as far along as the others: no straggler to learn from
+    tied.observe(dataclasses.replace(straggler_record(16, 2, 2, 0, lagging=4), lagging=[True] * 16))
+    assert tied.stragglers.counts == {}
+
+
+def test_stragglers_matter_only_for_the_per_step_share_of_the_cost():
+    """Compute-bound costs grow with every row, which leaves as it finishes: the batch's mean rate
+    sets them, so the same lagging row that turns SD off on flat costs changes nothing here."""
+    per_row = synthetic_profile(lambda tokens: 0.01 * tokens, draft_ratio=0.0)
+    controller = AdaptiveController(per_row, ControllerConfig(max_k=2, probe_interval=0, calibration_decay=0.0))
+    before = controller.goodput(16, 2)
+    for _ in range(30):
+        controller.observe(straggler_record(16, 2, batch_accepts=2, straggler_accepts=0))
+    assert controller.row_share(16, 2) == pytest.approx(1.0)
+    mean = controller.acceptance.expected_tokens(2)
+    assert controller.goodput(16, 2) == pytest.approx(16 * mean / controller.step_time(16, 2))
+    assert controller.goodput(16, 2) > before  # the batch accepted everything: only the mean moved it
+
+
+def test_straggler_estimates_survive_a_state_dict_round_trip_and_old_states_load():
+    config = ControllerConfig(max_k=2, candidates=(0, 1, 2), probe_interval=0, calibration_decay=0.0)
+    controller = AdaptiveController(synthetic_profile(lambda tokens: 0.01), config)
+    for b in (4, 16, 16):
+        controller.observe(straggler_record(b, 2, batch_accepts=2, straggler_accepts=0))
+    state = json.loads(json.dumps(controller.state_dict()))
+    assert sorted(state["stragglers"]) == ["16", "4"]
+    restored = AdaptiveController.from_state_dict(state, config)
+    assert [restored.goodput(b, 2) for b in (1, 4, 16, 64)] == [controller.goodput(b, 2) for b in (1, 4, 16, 64)]
+    del state["stragglers"]  # a state saved before stragglers were kept
+    old = AdaptiveController.from_state_dict(state, config)
+    assert old.stragglers.counts == {} and old.goodput(16, 2) > controller.goodput(16, 2)
+
+
 # ---------------------------------------------------------------- state
 
 
@@ -510,6 +572,48 @@ def test_profile_interpolation():
     assert all("batch_size=8 " in gap or "batch_size=16 " in gap for gap in gaps)
 
 
+def test_non_decreasing_fit_pools_violators_and_keeps_ordered_values():
+    assert non_decreasing([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+    assert non_decreasing([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
+    assert non_decreasing([3.0, 2.0, 1.0]) == [2.0, 2.0, 2.0]
+
+
+def test_monotone_grid_is_ordered_both_ways_and_is_the_closest_such_grid():
+    rng = random.Random(1)
+    truth = [[0.1 * (b + 1) + 0.05 * k * (b + 1) for k in range(5)] for b in range(7)]
+    noisy = [[t * rng.uniform(0.7, 1.3) for t in row] for row in truth]
+    fitted = monotone_grid(noisy)
+    assert all(a <= b + 1e-12 for row in fitted for a, b in zip(row, row[1:]))
+    assert all(fitted[i][j] <= fitted[i + 1][j] + 1e-12 for i in range(6) for j in range(5))
+    flat = [t for row in truth for t in row]
+    assert [t for row in monotone_grid(truth) for t in row] == pytest.approx(flat)  # an ordered grid is its own fit
+
+    def sq(grid):
+        return sum((a - b) ** 2 for ra, rb in zip(grid, noisy) for a, b in zip(ra, rb))
+
+    for _ in range(200):  # no ordered grid nearby is closer to the measurements
+        i, j, d = rng.randrange(7), rng.randrange(5), rng.uniform(-0.01, 0.01)
+        moved = [list(r) for r in fitted]
+        moved[i][j] += d
+        ordered = all(a <= b for row in moved for a, b in zip(row, row[1:])) and all(
+            moved[r][c] <= moved[r + 1][c] for r in range(6) for c in range(5)
+        )
+        if ordered:
+            assert sq(moved) >= sq(fitted) - 1e-9
+
+
+def test_an_out_of_order_profile_cell_does_not_make_speculation_look_free():
+    """A noisy plain cell at batch 2 (dearer than batch 4 and than k = 1 there) must not make the
+    controller draft tokens it expects to be rejected."""
+    profile = synthetic_profile(lambda tokens: 0.01 * max(1.0, tokens / 8), draft_ratio=0.1)
+    profile.decode_s[(CTX, 2)] = 0.02  # measured under a burst of load
+    assert profile.step_time(2, 1, CTX) < profile.step_time(2, 0, CTX)  # raw: k=1 cheaper than plain
+    controller = AdaptiveController(profile, ControllerConfig(max_k=4, prior_acceptance=0.0, min_gain=0.0))
+    assert controller.step_time(2, 1) >= controller.step_time(2, 0)
+    assert controller.step_time(2, 0) <= controller.step_time(4, 0)
+    assert controller.best_k(2) == 0  # nothing accepted: drafting only costs
+
+
 def test_profile_context_buckets():
     profile = StepCostProfile(KEY, decode_s={(128, 1): 1.0, (4096, 1): 5.0})
     assert profile.decode_time(1, context_len=300) == 1.0
@@ -599,6 +703,34 @@ def test_engine_with_controller_keeps_greedy_output_and_turns_sd_off_where_it_lo
         small = [step.k for step in out.stats.steps if step.batch_size < 4]
         assert not small or small[0] > 0  # where SD wins the prior starts it
     assert controller.acceptance.drafted[0] > 0  # the controller saw the engine's steps
+
+
+class _Recorder(FixedK):
+    """FixedK that keeps every step record the engine feeds it."""
+
+    def __init__(self, k: int):
+        super().__init__(k)
+        self.records: list[StepRecord] = []
+
+    def observe(self, record: StepRecord) -> None:
+        self.records.append(record)
+
+
+def test_engine_marks_the_rows_with_the_fewest_tokens_as_lagging():
+    target = tiny_llama(seed=4)
+    policy = _Recorder(3)
+    engine = SpeculativeEngine(target, self_draft(target, 1), policy)
+    cap = 20
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10], [11, 12]]
+    engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=cap))
+    lengths = [1] * 5  # the prefill emits each row's first token; no stop tokens, so rows end at the cap
+    uneven = 0
+    for record in policy.records:
+        assert record.lagging == [n == min(lengths) for n in lengths]
+        uneven += not all(record.lagging)
+        grown = [n + a + 1 for n, a in zip(lengths, record.num_accepted)]
+        lengths = [n for n in grown if n < cap]
+    assert uneven > 0  # rows did drift apart, so the marks were tested on a real straggler
 
 
 def test_engine_times_whole_steps_and_feeds_the_calibration():

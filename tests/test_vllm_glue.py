@@ -80,7 +80,9 @@ class _FakeScheduler:
 
         self.vllm_config = types.SimpleNamespace(additional_config={"respec": settings})
         self.num_spec_tokens = num_spec_tokens
-        for name in ("_respec_init", "_respec_choose", "_respec_observe", "respec_save_state", "_respec_save_when_idle"):
+        methods = ("_respec_init", "_respec_choose", "_respec_output_lengths", "_respec_observe", "respec_save_state",
+                   "_respec_save_when_idle")
+        for name in methods:
             setattr(self, name, types.MethodType(getattr(_RespecStepControl, name), self))
         self.unfinished = 0
         self._respec_init()
@@ -141,20 +143,39 @@ def test_scheduler_state_is_written_when_the_engine_runs_out_of_requests(tmp_pat
     assert not state.exists()  # nothing new since the last write
 
 
-def test_scheduler_control_learns_acceptance_from_steps(tmp_path):
-    pytest.importorskip("vllm")
+def _adaptive_scheduler(tmp_path) -> _FakeScheduler:
+    """An adaptive controller on cheap verification, without calibration or probes (decisions follow acceptance)."""
     profile_path = tmp_path / "profile.json"
     profile_path.write_text(json.dumps(_profile(costly_verify=0.05).to_dict()))
     settings = {
         "controller": {"policy": "adaptive", "max_k": 3, "calibration_decay": 0.0, "probe_interval": 0},
         "profile_path": str(profile_path),
     }
-    sched = _FakeScheduler(settings)
+    return _FakeScheduler(settings)
+
+
+def test_scheduler_control_learns_acceptance_from_steps(tmp_path):
+    pytest.importorskip("vllm")
+    sched = _adaptive_scheduler(tmp_path)
     before = sched._respec_policy.acceptance.expected_tokens(3)
     for _ in range(20):
         _step(sched, batch=8, k_scheduled=3, accepted=[0] * 8)  # every draft rejected
     assert sched._respec_policy.acceptance.expected_tokens(3) < before
     assert _step(sched, batch=8, k_scheduled=3, accepted=[0] * 8) == 0  # nothing accepted: drafting only costs
+
+
+def test_scheduler_control_tells_the_controller_which_requests_lag(tmp_path):
+    pytest.importorskip("vllm")
+    sched = _adaptive_scheduler(tmp_path)
+    # r0 and r1 have generated the fewest tokens; they reject every draft, the others accept all
+    sched.requests = {f"r{i}": types.SimpleNamespace(num_output_tokens=5 if i < 2 else 9) for i in range(8)}
+    _step(sched, batch=8, k_scheduled=3, accepted=[0, 0] + [3] * 6)
+    drafted, accepted = sched._respec_policy.stragglers.counts[8]
+    assert drafted[0] == 2 and accepted == [0.0, 0.0, 0.0]
+    assert sched._respec_policy.acceptance.accepted[0] == 6
+    sched.requests = {}  # lengths unknown: no straggler evidence rather than a wrong one
+    _step(sched, batch=4, k_scheduled=3, accepted=[0] * 4)
+    assert 4 not in sched._respec_policy.stragglers.counts
 
 
 def test_scheduler_control_fixed_policy_and_prefill_steps_are_not_evidence(tmp_path):

@@ -33,13 +33,7 @@ class AcceptanceEstimate:
 
     def observe(self, record: StepRecord) -> None:
         """Fold in one engine step (plain steps carry no acceptance evidence and change nothing)."""
-        for i in range(min(record.k, self.max_k)):  # position i + 1
-            drafted = sum(n >= i for n in record.num_accepted)
-            if drafted == 0:
-                break  # no row got this far; older evidence of this position is kept, not decayed
-            accepted = sum(n > i for n in record.num_accepted)
-            self.drafted[i] = self.decay * self.drafted[i] + drafted
-            self.accepted[i] = self.decay * self.accepted[i] + accepted
+        fold_counts(self.drafted, self.accepted, record.num_accepted, min(record.k, self.max_k), self.decay)
 
     def rates(self) -> list[float]:
         """beta_1 .. beta_max_k."""
@@ -53,11 +47,7 @@ class AcceptanceEstimate:
         """Tokens one row emits per step drafting k: 1 + sum_{i<=k} prod_{j<=i} beta_j (the bonus included)."""
         if not 0 <= k <= self.max_k:
             raise ValueError(f"expected_tokens needs 0 <= k <= max_k={self.max_k}, got {k}")
-        total, reach = 1.0, 1.0
-        for beta in self.rates()[:k]:
-            reach *= beta  # P(positions 1..i all accepted)
-            total += reach
-        return total
+        return tokens_per_step(self.rates(), k)
 
     def state_dict(self) -> dict[str, list[float]]:
         return {"drafted": list(self.drafted), "accepted": list(self.accepted)}
@@ -67,3 +57,22 @@ class AcceptanceEstimate:
         for name in ("drafted", "accepted"):
             saved = [float(x) for x in state[name]][: self.max_k]
             setattr(self, name, saved + [0.0] * (self.max_k - len(saved)))
+
+
+def fold_counts(drafted: list[float], accepted: list[float], num_accepted: list[int], k: int, decay: float) -> None:
+    """Decay and add one step's counts in place: per position i, rows that drafted it and rows that accepted it."""
+    for i in range(k):  # position i + 1
+        reached = sum(n >= i for n in num_accepted)
+        if reached == 0:
+            break  # no row got this far; older evidence of this position is kept, not decayed
+        drafted[i] = decay * drafted[i] + reached
+        accepted[i] = decay * accepted[i] + sum(n > i for n in num_accepted)
+
+
+def tokens_per_step(rates: list[float], k: int) -> float:
+    """1 + sum_{i<=k} prod_{j<=i} beta_j: a row's tokens from a k-token draft (the bonus included)."""
+    total, reach = 1.0, 1.0
+    for beta in rates[:k]:
+        reach *= beta  # P(positions 1..i all accepted)
+        total += reach
+    return total

@@ -2,9 +2,9 @@
 
 Speculation pays while verification is memory-bound (small batches) and loses once it is
 compute-bound (large batches); RL rollouts cross both as the batch shrinks into its long tail.
-The controller predicts goodput(B, k) = B * expected_tokens(k) / step_time(B, k) from a measured
-step-cost profile, calibrated online against the engine's measured step times, and an online
-acceptance estimate, and picks the best k every engine step.
+The controller predicts the goodput of k at batch size B from a measured step-cost profile,
+calibrated online against the engine's measured step times, and online acceptance estimates of
+the batch and of its stragglers, and picks the best k every engine step.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from respec_verl.spec.acceptance import AcceptanceEstimate
 from respec_verl.spec.calibration import StepTimeCalibration
 from respec_verl.spec.policy import FixedK, KPolicy
 from respec_verl.spec.profile import StepCostProfile
+from respec_verl.spec.step_table import MonotoneStepTable
 from respec_verl.spec.stats import StepRecord
+from respec_verl.spec.straggler import StragglerAcceptance
 
 CONFIG_KEY = "actor_rollout_ref.respec.controller"
 POLICIES = ("adaptive", "fixed", "off")
@@ -38,18 +40,17 @@ class ControllerConfig:
     policy: "adaptive" (choose k per step), "fixed" (always `max_k`) or "off" (plain decoding).
     candidates: the k values the adaptive policy may choose (None: 0..max_k; keep 0 in it, or
     speculation can never be turned off). min_gain: the relative goodput gain over plain decoding
-    that speculation must promise before the controller speculates: per-step goodput overstates
-    what speculation does for a fixed batch (a rollout), whose time is set by its stragglers, and
-    they accept less than the batch does (measured on the CPU: at batch 16, k=2 cut the steps of a
-    batch from 31 to 27 where its acceptance length was 2.1), and the model's errors are largest
-    where the predicted gains are small. hysteresis: the relative goodput gain a new k needs
-    before the controller leaves the current one. ema_decay, prior_acceptance, prior_strength: see
-    `AcceptanceEstimate`. probe_interval: after this many plain steps, draft for one step (two
-    with calibration: the first pays the drafter's catch-up) at the smallest positive candidate
-    where speculation could win on the profile's costs, so a low acceptance estimate or a stale
-    calibration can recover (0 disables). calibration_decay: per engine step, the weight on the
-    past of the running measured/predicted step-time ratio per k that scales the profile's costs
-    (see `StepTimeCalibration`; 0 disables calibration and trusts the profile as measured).
+    that speculation must promise before the controller speculates: the cost and acceptance models'
+    errors are largest where the predicted gains are small (the stragglers, which accept less than
+    the batch does, are modelled: see `AdaptiveController.goodput`). hysteresis: the relative
+    goodput gain a new k needs before the controller leaves the current one. ema_decay,
+    prior_acceptance, prior_strength: see `AcceptanceEstimate`. probe_interval: after this many
+    plain steps, draft for one step (two with calibration: the first pays the drafter's catch-up) at
+    the smallest positive candidate where speculation could win on the profile's costs, so a low
+    acceptance estimate or a stale calibration can recover (0 disables). calibration_decay: per
+    engine step, the weight on the past of the running measured/predicted step-time ratio per k that
+    scales the profile's costs (see `StepTimeCalibration`; 0 disables calibration and trusts the
+    profile as measured).
     """
 
     policy: str = "adaptive"
@@ -105,7 +106,7 @@ class ControllerConfig:
 
 
 class AdaptiveController:
-    """A `KPolicy` choosing, per engine step, k* = argmax_k B * expected_tokens(k) / step_time(B, k).
+    """A `KPolicy` choosing, per engine step, the k of the highest predicted goodput (`goodput`).
 
     step_time(B, 0) is a plain decoding step; step_time(B, k) is drafting k tokens plus verifying
     k + 1, both from the profile (the drafter's catch-up after plain steps is not modelled: it is
@@ -126,6 +127,7 @@ class AdaptiveController:
         self.acceptance = AcceptanceEstimate(
             self.config.max_k, self.config.ema_decay, self.config.prior_acceptance, self.config.prior_strength
         )
+        self.stragglers = StragglerAcceptance(self.config.max_k, self.config.ema_decay, self.config.prior_strength)
         self.calibration = StepTimeCalibration(self.config.calibration_decay)
         self.current_k: int | None = None
         self.plain_streak = 0  # consecutive plain steps, for probing
@@ -140,6 +142,7 @@ class AdaptiveController:
                 f"step-cost profile {profile.key} has no speculative step times, needed for candidates {self.candidates}"
             )
         self.profile = profile
+        self._tables: dict[int, MonotoneStepTable] = {}  # per context bucket
         self._step_times: dict[tuple[int, int, int], float] = {}
 
     @property
@@ -148,20 +151,46 @@ class AdaptiveController:
         return 2 if self.calibration.enabled else 1
 
     def profile_time(self, batch_size: int, k: int) -> float:
-        """The profile's seconds for a step, uncalibrated."""
+        """The profile's seconds for a step, fitted monotone in batch size and k (`step_table`), uncalibrated."""
         ctx = self.profile.bucket(self.context_len)
         point = (batch_size, k, ctx)
         if point not in self._step_times:  # the profile is fixed, so cache its interpolation
-            self._step_times[point] = self.profile.step_time(batch_size, k, ctx)
+            if ctx not in self._tables:
+                self._tables[ctx] = MonotoneStepTable(self.profile, self.candidates, ctx)
+            self._step_times[point] = self._tables[ctx].time(batch_size, k)
         return self._step_times[point]
 
     def step_time(self, batch_size: int, k: int) -> float:
         """Predicted seconds of an engine step: the profile's, calibrated on the measured steps."""
         return self.profile_time(batch_size, k) * self.calibration.ratio(k, batch_size)
 
+    def row_share(self, batch_size: int, k: int) -> float:
+        """The share of a step's time that grows with its rows, from the profile's slope in batch size.
+
+        The secant from half the batch (batch 1: to batch 2), clamped to [0, 1]: a noisy profile
+        can slope down, and a share above 1 would make the per-step part negative.
+        """
+        lo = max(1, batch_size // 2)
+        hi = batch_size if batch_size > lo else 2
+        slope = (self.profile_time(hi, k) - self.profile_time(lo, k)) / (hi - lo)
+        return min(max(slope * batch_size / self.profile_time(batch_size, k), 0.0), 1.0)
+
     def goodput(self, batch_size: int, k: int) -> float:
-        """Predicted tokens per second for the whole batch."""
-        return batch_size * self.acceptance.expected_tokens(k) / self.step_time(batch_size, k)
+        """Predicted tokens per second of a fixed batch: B / (step_time * ((1 - s) / E_lag + s / E_mean)).
+
+        Of a step's time, the share s = `row_share` is paid per row, and rows leave as they finish,
+        so it is paid per token at the batch's mean rate E_mean = E[tokens | k]; the rest is paid
+        per step until the batch's last row is done, so at the rate E_lag of its stragglers (the
+        rows furthest behind; see `StragglerAcceptance`). With E_lag = E_mean (no straggler
+        evidence yet) this is B * E[tokens | k] / step_time, a server's per-step goodput.
+        """
+        step = self.step_time(batch_size, k)
+        if k == 0:
+            return batch_size / step
+        mean = self.acceptance.expected_tokens(k)
+        lag = self.stragglers.expected_tokens(k, batch_size, self.acceptance.rates())
+        share = self.row_share(batch_size, k)
+        return batch_size / (step * ((1.0 - share) / lag + share / mean))
 
     def score(self, batch_size: int, k: int) -> float:
         """What the decision compares: goodput, plain decoding's raised by `min_gain` (speculation must beat it)."""
@@ -217,6 +246,7 @@ class AdaptiveController:
 
     def observe(self, record: StepRecord) -> None:
         self.acceptance.observe(record)
+        self.stragglers.observe(record)
         # a k outside the candidates (the engine cut k at the length cap) may be missing from the profile
         predicted = self.profile_time(record.batch_size, record.k) if record.k in self.candidates else math.nan
         self.calibration.observe(record.k, record.step_time_s, predicted, record.batch_size)
@@ -240,10 +270,12 @@ class AdaptiveController:
         return ranges
 
     def state_dict(self) -> dict:
-        """Profile, acceptance counts, step-time calibration and current k, as plain JSON-serialisable values."""
+        """Profile, acceptance counts (of the batch and of its stragglers), step-time calibration and
+        current k, as plain JSON-serialisable values."""
         return {
             "profile": self.profile.to_dict(),
             "acceptance": self.acceptance.state_dict(),
+            "stragglers": self.stragglers.state_dict(),
             "calibration": self.calibration.state_dict(),
             "current_k": self.current_k,
             "plain_streak": self.plain_streak,
@@ -254,6 +286,7 @@ class AdaptiveController:
     def load_state_dict(self, state: dict) -> None:
         self._set_profile(StepCostProfile.from_dict(state["profile"]))
         self.acceptance.load_state_dict(state["acceptance"])
+        self.stragglers.load_state_dict(state.get("stragglers", {}))  # none in a state saved before they were kept
         # a state saved before calibration existed: no evidence yet, the profile as measured
         self.calibration.load_state_dict(state.get("calibration", {"log_ratio": {}}))
         self.current_k = state["current_k"]

@@ -110,7 +110,7 @@ class StepCostProfile:
         points = {b: t for (c, b), t in self.decode_s.items() if c == ctx}
         if not points:
             raise ValueError(f"profile {self.key} has no plain decoding times for context_len={ctx}")
-        return _interp(points, batch_size)
+        return interpolate(points, batch_size)
 
     def draft_time(self, batch_size: int, k: int, context_len: int | None = None) -> float:
         return _interp_grid(self.draft_s, self.bucket(context_len), batch_size, k, f"draft ({self.key})")
@@ -200,7 +200,7 @@ def _read_profiles(path: Path) -> list[dict]:
     return list(doc["profiles"])
 
 
-def _interp(points: dict[int, float], x: float) -> float:
+def interpolate(points: dict[int, float], x: float) -> float:
     """Piecewise linear through measured (x, t) points.
 
     Below the first point: flat (a smaller batch is already memory-bound, and extrapolating down
@@ -227,7 +227,7 @@ def _interp_grid(table: dict[tuple[int, int, int], float], ctx: int, batch_size:
             by_k.setdefault(kk, {})[b] = t
     if not by_k:
         raise ValueError(f"profile has no {what} times for context_len={ctx}")
-    return _interp({kk: _interp(points, batch_size) for kk, points in by_k.items()}, k)
+    return interpolate({kk: interpolate(points, batch_size) for kk, points in by_k.items()}, k)
 
 
 def _timed(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
