@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     actor = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(actor)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    prompts = [TokensPrompt(prompt_token_ids=p) for p in
-               [encode_chat(tokenizer, p.question) for p in make_problems(max(sizes), seed=0)]]
+    problems = make_problems(max(sizes), seed=0)
+    prompts = [TokensPrompt(prompt_token_ids=encode_chat(tokenizer, p.question)) for p in problems]
     with tempfile.TemporaryDirectory() as tmp:
         vocab = pad_with_low_ids([tokenizer.eos_token_id], args.draft_vocab_size, len(tokenizer))
         drafts = {"full": write_self_draft_dir(actor, Path(tmp) / "full", args.draft_layers),

@@ -13,8 +13,9 @@ registered methods, each calling verl's:
   drafter trains after the actor update. Its metrics ride along with the actor's as
   `respec/drafter/*`;
 - `update_weights`: after verl's actor -> vLLM sync, streams the newest drafter to the vLLM
-  workers (`RespecWorkerExtension.respec_update_drafter`) whenever its version changed (and at start, since vLLM came up with dummy weights), then checks
-  that the engine reports that version: a mismatch is an error, not a silent slowdown;
+  workers (`RespecWorkerExtension.respec_update_drafter`) whenever its version changed (and at
+  start, since vLLM came up with dummy weights), then checks that the engine reports that
+  version: a mismatch is an error, not a silent slowdown;
 - `save_checkpoint` / `load_checkpoint`: the learner's state (drafter, optimizer, version) beside
   the actor's.
 
