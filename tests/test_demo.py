@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -232,5 +233,8 @@ def test_demo_runs_two_grpo_steps_on_the_tiny_model_and_writes_what_it_promises(
     assert summary["non_finite_metrics"] == []  # no NaN or inf anywhere in verl's metrics
     assert summary["steps"] == 2 and summary["drafter_version_last"] >= 1
     assert (out / "metrics.png").stat().st_size > 10_000
-    assert "step:2 - " in (out / "main_ppo.log").read_text()
+    log = (out / "main_ppo.log").read_text()
+    assert "step:2 - " in log
+    reused = [float(v) for v in re.findall(r"respec/drafter/labels_reused:([0-9.]+)", log)]
+    assert len(reused) == 2 and all(v == 1.0 for v in reused)  # async: every label from verl's old-log-prob pass
 

@@ -163,8 +163,8 @@ class FaultyLearner(DrafterLearner):
     def _loss(self, draft_logits, batch):
         fault, self.fault = self.fault, None
         if fault == "nan":
-            with torch.no_grad():
-                next(self._train.model.parameters()).fill_(math.nan)
+            with torch.no_grad():  # as a diverging optimizer step would: the trained weights (not the frozen embedding)
+                self._trainable[0].fill_(math.nan)
             return super()._loss(draft_logits, batch) * math.nan
         if fault == "raise":
             raise RuntimeError("boom in the background")

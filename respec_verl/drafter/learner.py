@@ -53,7 +53,11 @@ class DrafterLearner:
         model = copy.deepcopy(drafter.model).float()
         model.eval()
         self._train = Drafter(model, drafter.draft_to_target, drafter.version)
-        self._optimizer = torch.optim.AdamW(trainable_parameters(self._train), lr=self.config.lr, weight_decay=0.0)
+        self._trainable = trainable_parameters(self._train)
+        trained = {id(p) for p in self._trainable}
+        for param in model.parameters():  # no gradient for the frozen embedding: a dense [V, d] one per step
+            param.requires_grad_(id(param) in trained)
+        self._optimizer = torch.optim.AdamW(self._trainable, lr=self.config.lr, weight_decay=0.0)
         self._rng = random.Random(self.config.seed)
         self._buffer: deque[LabelledRollout] = deque(maxlen=self.config.buffer_size)
         self._lock = threading.Lock()  # guards the buffer, the published drafter and the counters
@@ -104,8 +108,14 @@ class DrafterLearner:
         with self._lock:
             self._buffer.extend(rollouts)
 
+    def label_logits(self, logits: torch.Tensor) -> TeacherTargets:
+        """The actor's labels [B, T, K] from its logits [B, T, V], as this learner trains on them
+        (its temperature, the drafter's vocabulary, top-k); for labels taken from another pass."""
+        draft_map = None if self._train.draft_to_target is None else self._train.draft_to_target.to(logits.device)
+        return teacher_targets(logits.detach(), self.config.temperature, draft_map, self.config.top_k)
+
     def _labels(self, logits: torch.Tensor) -> TeacherTargets:
-        t = teacher_targets(logits[None].detach().cpu(), self.config.temperature, self._map(), self.config.top_k)
+        t = self.label_logits(logits[None].cpu())
         return TeacherTargets(t.logprobs[0], None if t.sparse_ids is None else t.sparse_ids[0])
 
     def _labels_from_target(self, prompts: list[Sequence[int]], responses: list[Sequence[int]]) -> list[TeacherTargets]:
@@ -120,9 +130,6 @@ class DrafterLearner:
                 logprobs = batch.teacher.logprobs[row, at].cpu()
                 labels.append(TeacherTargets(logprobs, None if ids is None else ids[row, at].cpu()))
         return labels
-
-    def _map(self) -> torch.Tensor | None:
-        return None if self._train.draft_to_target is None else self._train.draft_to_target.cpu()
 
     # ---- updates ------------------------------------------------------------------------------
 
@@ -178,14 +185,14 @@ class DrafterLearner:
         start = time.perf_counter()
         snapshot, weights = None, torch.ones(len(rollouts))
         try:
-            snapshot = self._snapshot()
+            snapshot = self._rollback_point()
             scores = torch.tensor([r.score for r in rollouts], dtype=torch.float32)
             weights = sequence_weights(scores, self.config.weighting, self.config.w_min)
             losses, norms, tokens = self._train_on(rollouts, weights)
             published = self._publish(self._train.version + 1)
         except Exception as error:  # noqa: BLE001 - a drafter failure must never stop the RL run
             if snapshot is not None:  # no snapshot: the training copy was never touched
-                self._restore(snapshot)
+                self._roll_back(snapshot)
             reason = f"{type(error).__name__}: {error}"
             logger.warning("drafter update rejected, keeping drafter version %d: %s", self.version, reason)
             ok, losses, norms, tokens = False, [math.nan], [math.nan], 0
@@ -235,7 +242,8 @@ class DrafterLearner:
             losses.append(loss)
             norms.append(norm)
             tokens += int(batch.response_mask.sum())
-        bad = [name for name, p in self._train.model.named_parameters() if not torch.isfinite(p).all()]
+        trained = self._train.model.named_parameters()
+        bad = [name for name, p in trained if p.requires_grad and not torch.isfinite(p).all()]
         if bad:
             raise _Rejected(f"non-finite drafter weights after the update: {bad[:3]}")
         return losses, norms, tokens
@@ -251,8 +259,7 @@ class DrafterLearner:
                 raise _Rejected(f"loss {value:.4g} at optimizer step {step} (max_loss {self.config.max_loss:g})")
             self._optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            params = trainable_parameters(self._train)
-            norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+            norm = float(torch.nn.utils.clip_grad_norm_(self._trainable, self.config.grad_clip))
             if not math.isfinite(norm) or norm > self.config.max_grad_norm:
                 limit = self.config.max_grad_norm
                 raise _Rejected(f"gradient norm {norm:.4g} at optimizer step {step} (max_grad_norm {limit:g})")
@@ -301,9 +308,15 @@ class DrafterLearner:
         weights = {name: t.detach().clone() for name, t in self._train.model.state_dict().items()}
         return weights, copy.deepcopy(self._optimizer.state_dict())
 
-    def _restore(self, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
-        self._train.model.load_state_dict(snapshot[0])
-        self._optimizer.load_state_dict(snapshot[1])
+    def _rollback_point(self) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """What an update can change: the trainable tensors and the optimizer (not the frozen embedding)."""
+        return [p.detach().clone() for p in self._trainable], copy.deepcopy(self._optimizer.state_dict())
+
+    def _roll_back(self, point: tuple[list[torch.Tensor], dict[str, Any]]) -> None:
+        with torch.no_grad():
+            for param, saved in zip(self._trainable, point[0]):
+                param.copy_(saved)
+        self._optimizer.load_state_dict(point[1])
         self._optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:

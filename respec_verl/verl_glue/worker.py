@@ -5,13 +5,18 @@ registered methods, each calling verl's:
 - `init_model`: also builds the drafter learner (`DrafterLearner`, the backend-neutral core) on
   the drafter folder vLLM loads; the learner's teacher is verl's own actor module, so no copy of
   the actor is kept;
+- `compute_log_prob`: verl's old-log-prob pass runs the actor that generated the rollouts over the
+  whole batch; with `evolution.async_update` a forward hook (`LabelCapture`) keeps the drafter's
+  labels from its logits, so the learner needs no forward of its own;
 - `update_actor`: buffers the batch's rollouts with their rewards or advantages and the actor's
   soft labels, and runs the drafter update. With `evolution.async_update` the labels are the
-  actor's that generated the rollouts, taken before verl's update, and the drafter trains in the
-  background while verl updates the actor (ReSpec's async overlap: the next rollout uses a
-  drafter one actor version behind); without it the labels are the updated actor's and the
+  actor's that generated the rollouts (captured above; a rollout the pass did not cover, for
+  example under verl's bypass mode, gets a forward taken before verl's update), and the drafter
+  trains in the background while verl updates the actor (ReSpec's async overlap: the next rollout
+  uses a drafter one actor version behind); without it the labels are the updated actor's and the
   drafter trains after the actor update. Its metrics ride along with the actor's as
-  `respec/drafter/*`;
+  `respec/drafter/*`, with `respec/drafter/labels_reused`, the share of rollouts labelled from
+  verl's pass;
 - `update_weights`: after verl's actor -> vLLM sync, streams the newest drafter to the vLLM
   workers (`RespecWorkerExtension.respec_update_drafter`) whenever its version changed (and at
   start, since vLLM came up with dummy weights), then checks that the engine reports that
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,8 @@ from verl.single_controller.base.decorator import Dispatch, make_nd_compute_data
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from respec_verl.drafter.drafter_dir import TOKENIZER_FILES
+from respec_verl.drafter.label_capture import CapturedLabels, LabelCapture
+from respec_verl.drafter.recording import LabelledRollout
 from respec_verl.verl_glue.config import RespecConfig
 
 logger = logging.getLogger(__name__)
@@ -83,6 +91,16 @@ def rollout_scores(data: Any, weighting: str) -> list[float] | None:
     return [float(r.flatten()[0]) if r.numel() else 0.0 for r in rows]
 
 
+def _flag(data: Any, key: str) -> Any:
+    """A non-tensor entry of verl's batch (a TensorDict), None if absent."""
+    try:
+        from verl.utils import tensordict_utils as tu
+
+        return tu.get(data, key=key, default=None)
+    except (ImportError, KeyError, AttributeError, TypeError):
+        return None
+
+
 class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
     """verl's ActorRolloutRefWorker that also evolves and serves respec's drafter."""
 
@@ -91,6 +109,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         super().init_model()
         self.respec = RespecConfig.from_omegaconf(self.config.get("respec"))
         self._respec_learner = None
+        self._respec_captured: CapturedLabels | None = None  # labels of the last old-log-prob pass
         self._respec_pushed: int | None = None
         self._respec_step = 0
         if self.respec.enable and "actor" in self.role:
@@ -110,15 +129,30 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         self._respec_learner = DrafterLearner(drafter, evolution, target=self.actor.engine.module)
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_log_prob(self, data):
+        learner = self._respec_learner
+        evolution = self.respec.evolution
+        reference = bool(_flag(data, "no_lora_adapter"))  # verl's ref pass when the ref lives in the actor
+        if learner is None or not evolution.async_update or evolution.interval == 0 or reference:
+            return super().compute_log_prob(data)
+        capture = LabelCapture(learner.label_logits)
+        with capture.hooked(self.actor.engine.module):
+            output = super().compute_log_prob(data)
+        self._respec_captured = capture.labels
+        return output
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def update_actor(self, data):
         learner = self._respec_learner
         if learner is None:
             return super().update_actor(data)
         self._respec_step += 1
         background = self.respec.evolution.async_update
+        reused = 0.0
         if background:  # labels of the actor that generated these rollouts; train while verl updates it
-            self._respec_add_rollouts(data)
+            reused = self._respec_add_rollouts(data, self._respec_captured)
             learner.update(self._respec_step)
+        self._respec_captured = None
         output = super().update_actor(data)
         if background:
             learner.wait()  # it had the actor update to overlap; what is left of it is this step's cost
@@ -135,14 +169,28 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
                 for name, value in finished.items():  # the learner's names are `respec/drafter/*` already
                     metrics[name] = [float(value)]
                 metrics["respec/drafter/version"] = [float(learner.version)]
+                metrics["respec/drafter/labels_reused"] = [reused]
         return output
 
-    def _respec_add_rollouts(self, data) -> None:
-        """Buffer the batch's rollouts, with the actor's soft labels from verl's own actor module."""
+    def _respec_add_rollouts(self, data, captured: CapturedLabels | None = None) -> float:
+        """Buffer the batch's rollouts with the actor's soft labels: those `captured` from verl's
+        old-log-prob pass where it holds them, else from a forward of verl's own actor module.
+        Returns the share of rollouts whose labels were reused."""
         prompts, responses = rollout_rows(data)
         scores = rollout_scores(data, self.respec.evolution.weighting)
-        with self.actor.engine.eval_mode():
-            self._respec_learner.add_rollouts(prompts, responses, scores)
+        found = [None if captured is None else captured.get(p, r) for p, r in zip(prompts, responses)]
+        labelled = [
+            LabelledRollout(prompts[i], responses[i], math.nan if scores is None else scores[i], labels)
+            for i, labels in enumerate(found)
+            if labels is not None
+        ]
+        rest = [i for i, labels in enumerate(found) if labels is None and responses[i] and prompts[i]]
+        self._respec_learner.add_labelled(labelled)
+        if rest:
+            rest_scores = None if scores is None else [scores[i] for i in rest]
+            with self.actor.engine.eval_mode():
+                self._respec_learner.add_rollouts([prompts[i] for i in rest], [responses[i] for i in rest], rest_scores)
+        return len(labelled) / max(len(labelled) + len(rest), 1)
 
     def _respec_save_actor(self, folder: str) -> None:
         """The updated actor as a Hugging Face folder (full tensors, HF names), for offline analysis."""
