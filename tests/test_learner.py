@@ -299,3 +299,21 @@ def test_config_errors_name_the_full_key_value_and_allowed_values(field, value, 
     message = str(error.value)
     assert f"actor_rollout_ref.respec.evolution.{field} " in message
     assert repr(value) in message and allowed in message
+
+
+def test_frozen_names_are_what_no_update_changes():
+    target = tiny_llama(seed=49)
+    prompts, responses, rewards = rollouts(target, 8)
+    learner = small_learner(target)
+    assert learner.frozen_names == {"model.embed_tokens.weight"}
+    before = weights_of(learner.latest())
+    learner.add_rollouts(prompts, responses, rewards)
+    learner.update(1)
+    after = weights_of(learner.latest())
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and not changed & learner.frozen_names  # the trainer may leave these out of later pushes
+    tied = tiny_llama(seed=49)
+    tied.config.tie_word_embeddings = True
+    tied.tie_weights()
+    learner = DrafterLearner(self_draft(tied, 1), LearnerConfig(async_update=False), target=tied)
+    assert learner.frozen_names == {"model.embed_tokens.weight", "lm_head.weight"}  # a tied head is frozen too

@@ -71,3 +71,14 @@ def test_verl_extension_names():
     for hook in ("_preprocess_engine_kwargs", "_get_worker_extension_cls", "_resolve_sleep_level", "generate"):
         assert callable(getattr(vLLMHttpServer, hook)), hook
     assert callable(BucketedWeightReceiver.receive_weights) and callable(BucketedWeightSender.async_send_weights)
+
+
+def test_verl_log_prob_pass_names():
+    # the worker hooks verl's old-log-prob pass for the drafter's labels (drafter/label_capture.py);
+    # tests/test_demo.py checks through a real run that every rollout's labels came from it
+    pytest.importorskip("vllm")
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    assert callable(ActorRolloutRefWorker.compute_log_prob) and callable(ActorRolloutRefWorker.update_actor)
+    assert {"tensordict", "key", "default"} <= set(inspect.signature(tu.get).parameters)

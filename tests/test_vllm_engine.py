@@ -90,13 +90,13 @@ def acceptance(outputs) -> tuple[int, int]:
     return accepted, drafted
 
 
-def push_drafter(llm, draft_dir, version):
-    """Stream a drafter folder's tensors the way the trainer worker does, and swap them in."""
+def push_drafter(llm, draft_dir, version, kept=()):
+    """Stream a drafter folder's tensors the way the trainer worker does (but those `kept`), and swap them in."""
     from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightSender
 
     from respec_verl.drafter.drafter_dir import checkpoint_tensors, load_drafter_dir
 
-    weights = list(checkpoint_tensors(load_drafter_dir(draft_dir)))
+    weights = [(n, t) for n, t in checkpoint_tensors(load_drafter_dir(draft_dir)) if n not in kept]
     handle = "ipc:///tmp/rl-colocate-zmq-0-replica-0-rank-0.sock"  # the extension's default handle
 
     def send():
@@ -105,7 +105,8 @@ def push_drafter(llm, draft_dir, version):
 
     thread = threading.Thread(target=send)
     thread.start()
-    (result,) = llm.collective_rpc("respec_update_drafter", kwargs={"version": version, "use_shm": True})
+    kwargs = {"version": version, "use_shm": True, "kept": list(kept)}
+    (result,) = llm.collective_rpc("respec_update_drafter", kwargs=kwargs)
     thread.join(timeout=60)
     return result
 
@@ -166,6 +167,14 @@ def test_reduced_vocab_drafter_is_lossless_in_vllm_and_hot_swaps(models, tmp_pat
     acc_exact, drafted_exact = acceptance(after)
     assert acc_exact == drafted_exact > 0
     assert acc_exact / drafted_exact > acc_stale / drafted + 0.2
+
+    # a later push leaves out the frozen embedding, as the trainer's does: vLLM keeps the one it holds
+    kept = ["model.embed_tokens.weight"]
+    result = push_drafter(llm, exact, version=2, kept=kept)
+    assert result["version"] == 2 and result["kept"] == kept
+    again = generate(llm, PROMPTS)
+    assert [o.outputs[0].token_ids for o in again] == expected
+    assert acceptance(again) == (acc_exact, drafted_exact)  # the embedding was kept, not lost
 
 
 def _synthetic_profile(path):

@@ -272,3 +272,20 @@ def test_controller_state_is_restored_before_vllm_starts(tmp_path):
     config.trainer.resume_mode = "resume_path"
     config.trainer.resume_from_path = str(ckpt / "global_step_4")
     assert resume_folder(config) == ckpt / "global_step_4"
+
+
+def test_only_the_kept_layers_failed_load_warning_is_dropped(caplog):
+    pytest.importorskip("vllm")
+    import logging
+
+    from respec_verl.vllm_glue.worker_extension import LAYERWISE_LOGGER, _quiet_kept_layers
+
+    draft = tiny_llama(seed=3)
+    reload_logger = logging.getLogger(LAYERWISE_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=LAYERWISE_LOGGER):
+        with _quiet_kept_layers(draft, ["model.embed_tokens.weight"]):
+            reload_logger.warning("%s: Failed to load weights", "Embedding")  # kept on purpose: dropped
+            reload_logger.warning("%s: Failed to load weights", "Linear")  # any other layer still warns
+        reload_logger.warning("%s: Failed to load weights", "Embedding")  # outside the push: warns
+    warned = [r.getMessage() for r in caplog.records if r.name == LAYERWISE_LOGGER]
+    assert warned == ["Linear: Failed to load weights", "Embedding: Failed to load weights"]

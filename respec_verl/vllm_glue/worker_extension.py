@@ -17,7 +17,8 @@ This module imports vLLM and verl's vLLM glue: only vLLM worker processes load i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
@@ -25,6 +26,7 @@ from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
 from respec_verl.verl_glue.cpu.layerwise_reload import layerwise_reload
 
 logger = logging.getLogger(__name__)
+LAYERWISE_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 def shared_parameter_names(draft: torch.nn.Module, target: torch.nn.Module) -> set[str]:
@@ -33,16 +35,41 @@ def shared_parameter_names(draft: torch.nn.Module, target: torch.nn.Module) -> s
     return {name for name, p in draft.named_parameters() if p.numel() and p.data_ptr() in target_ptrs}
 
 
+@contextmanager
+def _quiet_kept_layers(draft: torch.nn.Module, kept: list[str]) -> Iterator[None]:
+    """Inside, vLLM's "<Layer>: Failed to load weights" is dropped for the layers owning `kept`
+    tensors: they got no weights on purpose and keep theirs. Other layers still warn."""
+    owners = set()
+    for name in kept:
+        try:
+            owners.add(type(draft.get_submodule(name.rsplit(".", 1)[0])).__name__)
+        except AttributeError:  # a checkpoint name vLLM's module tree spells differently
+            continue
+
+    def keep(record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == "%s: Failed to load weights" and args and args[0] in owners)
+
+    reload_logger = logging.getLogger(LAYERWISE_LOGGER)
+    reload_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        reload_logger.removeFilter(keep)
+
+
 class RespecWorkerExtension(vLLMColocateWorkerExtension):
     """verl's colocated worker extension plus drafter hot-swap and a drafter version."""
 
     _respec_drafter_version: int | None = None
 
-    def respec_update_drafter(self, version: int, use_shm: bool = False) -> dict:
+    def respec_update_drafter(self, version: int, use_shm: bool = False, kept: Iterable[str] = ()) -> dict:
         """Receive the drafter's tensors from the trainer and swap them into vLLM's draft model.
 
-        Returns what was loaded and skipped. Raises (and keeps the version unchanged) when the
-        engine has no draft model or a tensor does not fit it.
+        `kept` names tensors the trainer left out because they did not change since its last push
+        (the frozen embedding); their layers keep the weights they hold. Returns what was loaded
+        and skipped. Raises (and keeps the version unchanged) when the engine has no draft model or
+        a tensor does not fit it.
         """
         from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightReceiver
 
@@ -66,10 +93,12 @@ class RespecWorkerExtension(vLLMColocateWorkerExtension):
         skipped = sorted(n for n, _ in received if n in shared)
         if skipped:
             logger.warning("respec: drafter tensors shared with the target were not written: %s", skipped)
-        with layerwise_reload(draft, spec.draft_model_config, self.model_runner.vllm_config):
-            draft.load_weights(load)
+        kept = sorted(kept)
+        with _quiet_kept_layers(draft, kept):
+            with layerwise_reload(draft, spec.draft_model_config, self.model_runner.vllm_config):
+                draft.load_weights(load)
         self._respec_drafter_version = int(version)
-        return {"version": int(version), "loaded": len(load), "skipped_shared": skipped}
+        return {"version": int(version), "loaded": len(load), "skipped_shared": skipped, "kept": kept}
 
     def respec_drafter_version(self) -> int | None:
         """The drafter version this engine holds (None before the first push)."""
