@@ -15,7 +15,8 @@ pytest.importorskip("verl")
 
 from respec_verl.verl_glue import cpu  # noqa: E402  (after the verl skip)
 from respec_verl.verl_glue import import_hooks  # noqa: E402
-from respec_verl.verl_glue.cpu import distributed, engine, layerwise_reload, sampling, shm_receive  # noqa: E402
+from respec_verl.verl_glue.cpu import distributed, engine, heap_trim, layerwise_reload, sampling  # noqa: E402
+from respec_verl.verl_glue.cpu import shm_receive  # noqa: E402
 from respec_verl.verl_glue.cpu import version_shim  # noqa: E402
 
 
@@ -395,3 +396,83 @@ def test_both_ends_of_the_weight_sync_are_patched():
     receiver = importlib.import_module(socket_paths.RECEIVER_MODULE)
     assert sender.ServerAdapter.__init__._respec_private_socket
     assert receiver.vLLMColocateWorkerExtension._get_zmq_handle._respec_private_socket
+
+
+# ---------------------------------------------------------------- B15 heap trimming
+
+HEAP_RETENTION = """
+import ctypes, sys
+from respec_verl.verl_glue.cpu import heap_trim
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+libc.free(libc.malloc(16 << 20))  # freeing an mmapped chunk raises glibc's mmap threshold to 16 MiB
+chunks = [libc.malloc(1 << 20) for _ in range(512)]  # now 512 MiB from the heap
+for c in chunks:
+    ctypes.memset(c, 1, 1 << 20)
+for c in chunks[::2]:  # 256 MiB of holes between live chunks: free() cannot shrink the heap past them
+    libc.free(c)
+held = rss_mib()
+heap_trim.malloc_trim()(0)
+print(held, rss_mib())
+"""
+
+
+def test_malloc_trim_returns_the_freed_heap_that_free_keeps():
+    import subprocess
+
+    if heap_trim.malloc_trim() is None:
+        pytest.skip("not glibc")
+    out = subprocess.run([sys.executable, "-c", HEAP_RETENTION], capture_output=True, text=True, check=True).stdout
+    held, trimmed = map(float, out.split())
+    assert held - trimmed > 200  # MiB: the 256 MiB freed stayed resident until the trim
+
+
+def test_trim_thread_trims_repeatedly_and_once_per_process(monkeypatch):
+    import threading
+
+    calls = []
+    monkeypatch.setattr(heap_trim, "malloc_trim", lambda: calls.append)
+    monkeypatch.setattr(heap_trim, "_thread", None)
+    monkeypatch.setattr(heap_trim, "_fork_hook_installed", True)  # no fork hook from a test process
+    monkeypatch.setenv(heap_trim.ENV, "0.01")
+    stop = threading.Event()
+    try:
+        thread = heap_trim.install(stop)
+        assert thread is not None and thread.daemon and thread.name == "respec-heap-trim"
+        assert heap_trim.install(stop) is thread  # a second call does not start a second thread
+        for _ in range(200):
+            if len(calls) >= 3:
+                break
+            stop.wait(0.01)
+        assert len(calls) >= 3 and set(calls) == {0}
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("value, expected", [("", heap_trim.DEFAULT_INTERVAL_S), ("0", 0.0), (" 5 ", 5.0)])
+def test_trim_interval(monkeypatch, value, expected):
+    monkeypatch.setenv(heap_trim.ENV, value)
+    assert heap_trim.interval_s() == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "often", "nan", "inf"])
+def test_bad_trim_interval_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv(heap_trim.ENV, value)
+    with pytest.raises(ValueError, match="RESPEC_VERL_HEAP_TRIM_S.*seconds >= 0"):
+        heap_trim.interval_s()
+
+
+def test_no_trim_thread_when_turned_off(monkeypatch):
+    monkeypatch.setattr(heap_trim, "_thread", None)
+    monkeypatch.setenv(heap_trim.ENV, "0")
+    assert heap_trim.install() is None

@@ -18,6 +18,7 @@ in every process of a run (driver, Ray workers, the vLLM server and its engine c
 | #55005 | `sampling` | vLLM's CPU `expand_batch_to_tokens` returns uninitialised memory |
 | B13 | `engine` | the FSDP2 reference policy pins host memory, which needs an accelerator |
 | B14 | `socket_paths` | concurrent runs on one host share verl's weight-sync socket path |
+| B15 | `heap_trim` | each process keeps the heap it freed (glibc); a thread trims it every 2 s |
 
 `RESPEC_VERL_CPU` selects: `auto` (default) enables it when torch sees neither CUDA nor an NPU,
 `1` forces it, `0` disables it. Enabling sets, with `os.environ.setdefault`, `VERL_PLATFORM=cpu`
@@ -74,7 +75,7 @@ def enable() -> None:
     for name, value in ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
 
-    from respec_verl.verl_glue.cpu import distributed, engine, layerwise_reload, platform, sampling
+    from respec_verl.verl_glue.cpu import distributed, engine, heap_trim, layerwise_reload, platform, sampling
     from respec_verl.verl_glue.cpu import shm_receive, socket_paths, version_shim
 
     version_shim.install()
@@ -86,6 +87,7 @@ def enable() -> None:
     layerwise_reload.install()
     sampling.install()
     socket_paths.install()
+    heap_trim.install()
     _enabled = True
     logger.info("respec_verl CPU support enabled (%s=%s)", ENV, mode())
 
