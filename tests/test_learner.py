@@ -317,3 +317,35 @@ def test_frozen_names_are_what_no_update_changes():
     tied.tie_weights()
     learner = DrafterLearner(self_draft(tied, 1), LearnerConfig(async_update=False), target=tied)
     assert learner.frozen_names == {"model.embed_tokens.weight", "lm_head.weight"}  # a tied head is frozen too
+
+
+def test_published_versions_share_only_the_frozen_tensors():
+    target = tiny_llama(seed=50)
+    prompts, responses, rewards = rollouts(target, 8)
+    learner = small_learner(target)
+    first = learner.latest()
+    learner.add_rollouts(prompts, responses, rewards)
+    learner.update(1)
+    second = learner.latest()
+    assert second.version == first.version + 1
+
+    def storage(drafter) -> dict[str, int]:
+        return {name: t.data_ptr() for name, t in drafter.model.state_dict().items()}
+
+    one, two, train = storage(first), storage(second), storage(learner._train)
+    shared = {name for name in one if one[name] == two[name] == train[name]}
+    assert shared == learner.frozen_names  # one copy of the embedding, however many versions
+    assert not any(p.requires_grad for p in second.model.parameters())
+    assert any(p.requires_grad for p in learner._train.model.parameters())  # freezing a copy left the learner's
+
+
+def test_a_published_drafter_in_another_dtype_has_its_own_tensors():
+    target = tiny_llama(seed=51)
+    drafter = self_draft(target, 1)
+    drafter.model.to(torch.bfloat16)
+    learner = DrafterLearner(drafter, LearnerConfig(async_update=False), target=target)
+    published = learner.latest()
+    assert next(published.model.parameters()).dtype == torch.bfloat16
+    train = {t.data_ptr() for t in learner._train.model.state_dict().values()}
+    assert not train & {t.data_ptr() for t in published.model.state_dict().values()}
+    assert all(p.dtype == torch.float32 for p in learner._train.model.parameters())  # publishing left it fp32

@@ -307,8 +307,17 @@ class DrafterLearner:
     # ---- state --------------------------------------------------------------------------------
 
     def _publish(self, version: int | None = None) -> Drafter:
-        """An inference copy of the training drafter in the original dtype, frozen."""
-        model = copy.deepcopy(self._train.model).to(self._dtype).eval()
+        """An inference copy of the training drafter in the original dtype, frozen.
+
+        The copy shares the tensors no update changes (the frozen embedding, most of a self-draft's
+        bytes) with the training drafter where the dtypes match, so a published version costs only
+        the trained layers' memory.
+        """
+        shared: dict[int, Any] = {}
+        if self._dtype == torch.float32:  # the training copy's dtype; `.to` would convert a shared tensor in both
+            trained = {id(p) for p in self._trainable}
+            shared = {id(p): p for p in self._train.model.parameters() if id(p) not in trained}
+        model = copy.deepcopy(self._train.model, memo=shared).to(self._dtype).eval()
         model.requires_grad_(False)
         return Drafter(model, self._train.draft_to_target, self._train.version if version is None else version)
 
