@@ -44,7 +44,7 @@ DEFAULT_STEPS = 5  # about 8 minutes on a 2-core CPU with SmolLM2 (docs/results.
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "respec_grpo" / "config"
 LOG_NAME = "main_ppo.log"
 WARMUP_QUESTIONS = 128  # prompts the actor answers for the offline warm-up
-CPU_MEMORY_GIB = {"tiny": 8.0, "smollm2": 12.5}  # peak host memory of the default job, measured on a CPU
+CPU_MEMORY_GIB = {"tiny": 8.0, "smollm2": 10.5}  # peak host memory of the default job, measured on a CPU
 
 
 @dataclass
@@ -101,6 +101,7 @@ def job_overrides(job: DemoJob, drafter_path: str | os.PathLike | None = None) -
         f"actor_rollout_ref.rollout.max_num_seqs={rollouts}",
         f"actor_rollout_ref.rollout.max_num_batched_tokens={max(512, rollouts * 64)}",
         # micro-batches of 4 sequences: the [batch, tokens, 49152] logits dominate the trainer's peak memory
+        # (2 saves 0.2 GiB of the run's peak but makes the actor update 30% slower: docs/results.md section 5)
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={job.micro_batch}",
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={job.micro_batch}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={job.prompts_per_step}",  # one actor update per step
@@ -133,18 +134,23 @@ def job_overrides(job: DemoJob, drafter_path: str | os.PathLike | None = None) -
     return overrides + list(job.overrides)
 
 
-def warm_drafter(job: DemoJob, work_dir: Path) -> Path:
-    """The offline-distilled self-draft for the job, written once per run folder and settings.
-
-    The distillation runs in a child process, so that this process (alive during the whole RL run)
-    does not keep the actor it loaded.
-    """
+def in_child(fn, /, *args, **kwargs):
+    """`fn(*args, **kwargs)` in a spawned child process, so that this process (alive during the whole
+    RL run, watching it) does not keep the torch, models and heap the call needed."""
     import concurrent.futures
     import multiprocessing
 
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def warm_drafter(job: DemoJob, work_dir: Path, actor_dir: Path) -> Path:
+    """The offline-distilled self-draft for the job, written once per run folder and settings.
+
+    The distillation runs in a child process (`in_child`).
+    """
     from respec_verl.data.arithmetic import make_problems
     from respec_verl.drafter.warm_folder import write_warm_self_draft
-    from respec_verl.verl_glue import launch as launcher
 
     folder = work_dir / "warm_drafter"
     stamp = {"model": job.model, "steps": job.warmup_steps, "seed": job.seed, "response_length": job.response_length,
@@ -155,11 +161,10 @@ def warm_drafter(job: DemoJob, work_dir: Path) -> Path:
     print(f"distilling a 2-layer self-draft offline on the actor's answers ({job.warmup_steps} steps, "
           f"{job.draft_vocab_size}-token vocabulary)", flush=True)
     questions = [p.question for p in make_problems(WARMUP_QUESTIONS, seed=job.seed + 10_000)]  # not the training prompts
-    kwargs = dict(actor_dir=launcher.resolve_model(job.model, work_dir), out_dir=folder, questions=questions,
+    kwargs = dict(actor_dir=actor_dir, out_dir=folder, questions=questions,
                   steps=job.warmup_steps, max_new_tokens=job.response_length, temperature=job.temperature,
                   draft_vocab_size=job.draft_vocab_size, seed=job.seed)
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        _, losses = pool.submit(write_warm_self_draft, **kwargs).result()
+    _, losses = in_child(write_warm_self_draft, **kwargs)
     print(f"drafter distilled: KD loss {losses[0]:.2f} -> {losses[-1]:.2f}", flush=True)
     stamp_file.write_text(json.dumps(stamp))
     return folder
@@ -215,14 +220,16 @@ def run_job(job: DemoJob, work_dir: str | os.PathLike, progress: bool = True, ti
     data_dir = work_dir / "data"
     write_verl_task(data_dir, n_train=max(64, job.steps * job.prompts_per_step), n_val=8, seed=job.seed)
     timeout_s = timeout_s or 900.0 + 300.0 * job.steps
-    drafter_path = warm_drafter(job, work_dir) if job.warms_up else None
+    # the first use of SmolLM2 converts the packaged GGUF: torch and a model, done in a child
+    actor_dir = in_child(launcher.resolve_model, job.model, work_dir)
+    drafter_path = warm_drafter(job, work_dir, actor_dir) if job.warms_up else None
     overrides = job_overrides(job, drafter_path)
     follower = LogProgress(work_dir / LOG_NAME, job.steps, "GRPO + SD" if job.spec else "GRPO", enabled=progress)
     follower.start()
     try:
         if job.gpus is None:
             result = launcher.launch(
-                job.model, work_dir, data_dir=data_dir, steps=job.steps, config_path=RECIPE, config_name="respec_grpo",
+                actor_dir, work_dir, data_dir=data_dir, steps=job.steps, config_path=RECIPE, config_name="respec_grpo",
                 overrides=overrides, timeout_s=timeout_s,
             )
             run = result.run

