@@ -3,16 +3,16 @@
 On a CPU host the model, its gradients, the optimizer, the logits and vLLM's weight buffers all
 live in the C heap (glibc malloc), and glibc keeps most of what torch frees: tensors of up to
 32 MiB come from the heap once a larger one has been freed (the dynamic mmap threshold), and a
-freed chunk below the top of an arena is never returned. Each process of a run then holds the
+freed chunk below the top of an arena is not returned by free(). Each process of a run then holds the
 high-water mark of every phase it went through (the trainer's old-log-prob pass, its update,
 the weight sync; vLLM's weight reload), which adds up across the ~15 processes of a verl run.
-Measured on the demo job (2 cores, SmolLM2-135M): the FSDP worker held 4.1 GiB between updates
-for about 2.5 GiB of live tensors.
+On the demo job (2 cores, SmolLM2-135M) the FSDP worker held 4.1 GiB between updates, 2.9 with
+this trim, and the run peaked at 11.8 GiB, 10.2 with it (docs/results.md section 5).
 
-`MALLOC_MMAP_THRESHOLD_` fixes the retention at its source, but every large tensor then costs
-fresh page faults (the demo's offline warm-up generated 17% slower with a 1 MiB threshold).
-Instead a daemon thread calls `malloc_trim(0)` every `RESPEC_VERL_HEAP_TRIM_S` seconds (default
-2; 0 turns it off), which releases the free pages of every arena and costs milliseconds. It is
+`MALLOC_MMAP_THRESHOLD_` fixes the retention at its source (the same peak in the demo), but every
+large tensor then gets fresh pages to fault in. Instead, changing nothing in how memory is handed
+out, a daemon thread calls `malloc_trim(0)` every `RESPEC_VERL_HEAP_TRIM_S` seconds (default 2;
+0 turns it off), which releases the free pages of every arena and costs milliseconds. It is
 started in every process that enables CPU support (`import verl`), again in a forked child, and
 does nothing where the C library is not glibc.
 """
