@@ -235,7 +235,7 @@ def run_job(job: DemoJob, work_dir: str | os.PathLike, progress: bool = True, ti
             run = result.run
             metrics = result.metrics
         else:
-            run, metrics = _run_on_gpus(job, overrides, work_dir, data_dir, reward_path(), timeout_s)
+            run, metrics = _run_on_gpus(job, actor_dir, overrides, work_dir, data_dir, reward_path(), timeout_s)
     finally:
         follower.stop()
     return JobResult(
@@ -245,12 +245,13 @@ def run_job(job: DemoJob, work_dir: str | os.PathLike, progress: bool = True, ti
     )
 
 
-def _run_on_gpus(job: DemoJob, job_settings: list[str], work_dir: Path, data_dir: Path, reward: Path, timeout_s: float):
+def _run_on_gpus(
+    job: DemoJob, model: Path, job_settings: list[str], work_dir: Path, data_dir: Path, reward: Path, timeout_s: float
+):
     """verl's ordinary GPU run of the same recipe and overrides (no CPU settings); untested here."""
     from respec_verl.verl_glue import launch as launcher
     from respec_verl.verl_glue.supervisor import parse_step_metrics, supervise
 
-    model = launcher.resolve_model(job.model, work_dir)
     overrides = launcher.merge_overrides(launcher.small_run_overrides(model, data_dir, reward, work_dir, job.steps), job_settings)
     command = launcher.trainer_command(overrides, RECIPE, "respec_grpo")
     run = supervise(command, work_dir / LOG_NAME, env=dict(os.environ), timeout_s=timeout_s, cwd=work_dir)

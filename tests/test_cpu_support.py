@@ -476,3 +476,12 @@ def test_no_trim_thread_when_turned_off(monkeypatch):
     monkeypatch.setattr(heap_trim, "_thread", None)
     monkeypatch.setenv(heap_trim.ENV, "0")
     assert heap_trim.install() is None
+
+
+def test_cpu_support_starts_the_trim_thread():
+    import threading
+
+    if heap_trim.malloc_trim() is None or heap_trim.interval_s() == 0:
+        pytest.skip("no glibc, or trimming turned off in this environment")
+    cpu.enable()
+    assert any(t.name == "respec-heap-trim" and t.is_alive() for t in threading.enumerate())

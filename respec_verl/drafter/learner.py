@@ -315,8 +315,7 @@ class DrafterLearner:
         """
         shared: dict[int, Any] = {}
         if self._dtype == torch.float32:  # the training copy's dtype; `.to` would convert a shared tensor in both
-            trained = {id(p) for p in self._trainable}
-            shared = {id(p): p for p in self._train.model.parameters() if id(p) not in trained}
+            shared = {id(p): p for p in self._train.model.parameters() if not p.requires_grad}
         model = copy.deepcopy(self._train.model, memo=shared).to(self._dtype).eval()
         model.requires_grad_(False)
         return Drafter(model, self._train.draft_to_target, self._train.version if version is None else version)

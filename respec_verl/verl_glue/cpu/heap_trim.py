@@ -33,7 +33,6 @@ ENV = "RESPEC_VERL_HEAP_TRIM_S"
 DEFAULT_INTERVAL_S = 2.0
 
 _thread: threading.Thread | None = None
-_thread_pid: int | None = None
 _fork_hook_installed = False
 
 
@@ -70,12 +69,12 @@ def _loop(trim: Callable[[int], int], every_s: float, stop: threading.Event) -> 
 
 def install(stop: threading.Event | None = None) -> threading.Thread | None:
     """Start this process's trimming thread (once per process); returns it, or None when off."""
-    global _thread, _thread_pid, _fork_hook_installed
+    global _thread, _fork_hook_installed
     every_s = interval_s()
     trim = malloc_trim()
     if every_s == 0 or trim is None:
         return None
-    if _thread is not None and _thread_pid == os.getpid() and _thread.is_alive():
+    if _thread is not None and _thread.is_alive():  # after a fork, threading marks it stopped
         return _thread
     if not _fork_hook_installed:  # a forked child has no threads but the one that forked
         os.register_at_fork(after_in_child=_restart_in_child)
@@ -83,7 +82,6 @@ def install(stop: threading.Event | None = None) -> threading.Thread | None:
     _thread = threading.Thread(
         target=_loop, args=(trim, every_s, stop or threading.Event()), name="respec-heap-trim", daemon=True
     )
-    _thread_pid = os.getpid()
     _thread.start()
     logger.debug("respec_verl: trimming the heap every %.1f s", every_s)
     return _thread
