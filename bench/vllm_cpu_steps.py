@@ -33,6 +33,13 @@ def configurations(drafts: dict[str, Path], k: int) -> dict[str, dict | None]:
     return out
 
 
+def _timed(fn, *args, **kwargs):
+    """(seconds, result) of one call."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
 def step_times(llm, prompts, batch_sizes, tokens: int, temperature: float) -> dict[int, dict]:
     """Per batch size: seconds per engine step (prefill subtracted) and the acceptance length."""
     from vllm import SamplingParams
@@ -41,13 +48,16 @@ def step_times(llm, prompts, batch_sizes, tokens: int, temperature: float) -> di
     rows = {}
     for b in batch_sizes:
         batch = prompts[:b]
-        start = time.perf_counter()
-        llm.generate(batch, SamplingParams(temperature=temperature, max_tokens=1), use_tqdm=False)
-        prefill = time.perf_counter() - start
-        start = time.perf_counter()
-        out = llm.generate(batch, SamplingParams(temperature=temperature, max_tokens=tokens, ignore_eos=True),
-                           use_tqdm=False)
-        decode = time.perf_counter() - start - prefill
+        llm.generate(batch, SamplingParams(temperature=temperature, max_tokens=2), use_tqdm=False)  # this shape
+        prefill = min(_timed(llm.generate, batch, SamplingParams(temperature=temperature, max_tokens=1),
+                             use_tqdm=False)[0] for _ in range(3))  # the minimum: a one-off stall is not prefill
+        elapsed, out = _timed(llm.generate, batch,
+                              SamplingParams(temperature=temperature, max_tokens=tokens, ignore_eos=True),
+                              use_tqdm=False)
+        decode = elapsed - prefill
+        if decode <= 0:
+            raise RuntimeError(f"B={b}: generating {tokens} tokens took {elapsed:.3f} s, no more than the "
+                               f"prefill alone ({prefill:.3f} s); the timing is noise, raise --tokens")
         steps, accepted = tokens - 1, 0
         metrics = [o.outputs[0].spec_decode_metrics for o in out]
         if metrics[0] is not None:
