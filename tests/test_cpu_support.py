@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import sys
 import types
 
@@ -457,6 +458,29 @@ def test_trim_thread_trims_repeatedly_and_once_per_process(monkeypatch):
         stop.set()
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+FORKED_CHILD = """
+import os, threading
+from respec_verl.verl_glue.cpu import heap_trim
+assert heap_trim.install() is not None
+pid = os.fork()
+if pid == 0:  # the child: only the forking thread survived the fork
+    alive = [t for t in threading.enumerate() if t.name == "respec-heap-trim" and t.is_alive()]
+    os._exit(0 if len(alive) == 1 else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_gets_its_own_trim_thread():
+    import subprocess
+
+    if heap_trim.malloc_trim() is None:
+        pytest.skip("not glibc")
+    env = {**os.environ, heap_trim.ENV: "2"}
+    out = subprocess.run([sys.executable, "-c", FORKED_CHILD], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["0"], out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("value, expected", [("", heap_trim.DEFAULT_INTERVAL_S), ("0", 0.0), (" 5 ", 5.0)])

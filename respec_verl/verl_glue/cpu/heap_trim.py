@@ -88,9 +88,7 @@ def install(stop: threading.Event | None = None) -> threading.Thread | None:
 
 
 def _restart_in_child() -> None:
-    global _thread
-    _thread = None
     try:
-        install()
+        install()  # the parent's thread object is there but not alive in the child
     except Exception:  # a fork hook must not raise into the child
         logger.exception("respec_verl: could not start the heap-trimming thread in a forked child")
