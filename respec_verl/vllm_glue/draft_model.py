@@ -7,7 +7,8 @@ do (`drafter_dir.py` describes the folder). This class is vLLM's `LlamaForCausal
 `compute_logits` scores the draft vocabulary and spreads it over the target's (-inf elsewhere), so
 vLLM's proposer and rejection sampler see ordinary full-vocabulary logits. A token outside the
 draft vocabulary is never proposed, which costs acceptance, never correctness: verification is
-against the target's own distribution.
+against the target's own distribution. Probabilistic drafting samples in the draft vocabulary
+(`draft_sampling.py`): the class installs that path when vLLM builds it.
 
 Registered with vLLM's model registry by `respec_verl.vllm_glue.models.register` (a
 `vllm.general_plugins` entry point), so it loads in every vLLM process without being imported
@@ -23,6 +24,8 @@ from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.utils import maybe_prefix
+
+from respec_verl.vllm_glue import draft_sampling
 
 
 class RespecDraftLlamaForCausalLM(LlamaForCausalLM):
@@ -44,9 +47,14 @@ class RespecDraftLlamaForCausalLM(LlamaForCausalLM):
         # target token id of each draft output; zeros until the weights arrive (dummy loading skips ints)
         self.draft_to_target = nn.Parameter(torch.zeros(self.draft_vocab_size, dtype=torch.long), requires_grad=False)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
+        draft_sampling.install()
+
+    def compute_draft_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """Logits over the draft vocabulary [N, draft_vocab_size]; `draft_to_target` names their ids."""
+        return self.logits_processor(self.lm_head, hidden_states)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        draft_logits = self.logits_processor(self.lm_head, hidden_states)
+        draft_logits = self.compute_draft_logits(hidden_states)
         if draft_logits is None:
             return None
         logits = draft_logits.new_full((draft_logits.shape[0], self.config.vocab_size), float("-inf"))
