@@ -15,6 +15,7 @@ BENCHES = {
     "evolution": "evolution.py",
     "e2e": "e2e.py",
     "vllm-steps": "vllm_cpu_steps.py",
+    "update-overhead": "update_overhead.py",
 }
 
 
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "name",
         choices=sorted(BENCHES),
         help="spec: SD vs plain decoding; controller: adaptive k; evolution: drafter evolution in verl's GRPO trainer; "
-        "e2e: the demo's RL job with SD on and off; vllm-steps: what a speculative step costs in vLLM-CPU",
+        "e2e: the demo's RL job with SD on and off; vllm-steps: what a speculative step costs in vLLM-CPU; "
+        "update-overhead: the drafter update's share of the RL step (async, sync, off, interleaved runs)",
     )
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark (see its --help)")
 
