@@ -313,3 +313,23 @@ def test_reduced_vocab_sampled_drafting_follows_the_actor(models, tmp_path, monk
     monkeypatch.setattr(draft_sampling, "sample_reduced_draft", uniform_pick)
     broken = generate(llm, [prompt] * n_broken, temperature=temperature, max_tokens=2)
     assert _chi_square_p(_joint_counts(broken), joint, n_broken) < 1e-4
+
+
+def test_vllm_step_profile_times_each_k_in_a_child_process(models, tmp_path):
+    """The trainer's vLLM profile: plain and speculative steps per batch size, k applied as asked.
+
+    The drafter here is the whole tiny actor (2 of 2 layers), so drafting k tokens costs k more forward
+    passes of the model: if the profiler's k were not applied, speculative and plain steps would match.
+    """
+    from respec_verl.spec.profile import StepCostProfile
+    from respec_verl.verl_glue.vllm_profile import measure_in_child
+
+    actor, exact, _ = models
+    out = measure_in_child(tmp_path / "profile.json", str(actor), str(exact), "float32", [1, 2], [1, 2], 1.0,
+                           "probabilistic")
+    profile = StepCostProfile.from_dict(json.loads(out.read_text()))
+    assert profile.key.device.startswith("vllm:") and profile.missing() == []
+    assert sorted(profile.decode_s) == [(64, 1), (64, 2)]
+    assert sorted(profile.engine_s) == [(64, b, k) for b in (1, 2) for k in (1, 2)]
+    for b in (1, 2):
+        assert profile.step_time(b, 2) > profile.step_time(b, 0) > 0

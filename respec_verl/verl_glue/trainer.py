@@ -145,6 +145,16 @@ def profile_for_run(
         return out
     if out.exists():
         return out
+    batch_sizes = sorted({min(2**i, max_num_seqs) for i in range(max_num_seqs.bit_length() + 1)})
+    ks = list(range(1, respec.controller.max_k + 1))
+    rollout = config.actor_rollout_ref.rollout
+    if respec.profile_engine == "vllm":
+        from respec_verl.verl_glue.vllm_profile import measure_in_child
+
+        logger.info("respec: measuring vLLM step costs for batch sizes %s and k 0-%d (once per run folder)",
+                    batch_sizes, ks[-1])
+        return measure_in_child(out, model_path, drafter_dir, str(rollout.dtype), batch_sizes, ks,
+                                float(rollout.temperature), respec.drafter.sample_method)
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -152,12 +162,10 @@ def profile_for_run(
     from respec_verl.json_file import write_json_atomic
     from respec_verl.spec.profile import profile_step_costs
 
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(config.actor_rollout_ref.rollout.dtype))
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(rollout.dtype))
     dtype = dtype or torch.float32
     target = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
     drafter = load_drafter_dir(drafter_dir, dtype=dtype)
-    batch_sizes = sorted({min(2**i, max_num_seqs) for i in range(max_num_seqs.bit_length() + 1)})
-    ks = list(range(1, respec.controller.max_k + 1))
     logger.info("respec: measuring step costs for batch sizes %s and k %s (once per run folder)", batch_sizes, ks)
     profile = profile_step_costs(target, drafter, batch_sizes, ks, context_len=64, repeats=2)
     write_json_atomic(out, profile.to_dict())
