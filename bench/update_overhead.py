@@ -9,7 +9,8 @@ speculative vLLM rollouts with the warmed-up self-draft) runs once per mode and 
 
 Rounds alternate the order (async, sync, off, then off, sync, async, ...), so a machine that
 drifts over the half hour the runs take weighs on every mode alike; single runs of this job
-spread by several seconds per step. Every run reuses the first run's warmed-up drafter. Reports,
+spread by several seconds per step. Every run reuses the first run's warmed-up drafter and
+step-cost profile. Reports,
 per mode, the mean step time over steps 2..N (step 1 pays vLLM's warm-up) and its phases
 (`timing_s/update_actor`, `update_weights`, `gen`), and the overhead of each mode over "off",
 overall and per round. Writes JSON.
@@ -34,12 +35,24 @@ MODES = {
     "sync": ["actor_rollout_ref.respec.evolution.async_update=false"],
     "off": ["actor_rollout_ref.respec.evolution.interval=0"],
 }
+PROFILE = Path("checkpoints/respec/step_costs.json")  # the controller's, measured at a run's start
 PHASES = ("timing_s/step", "timing_s/update_actor", "timing_s/update_weights", "timing_s/gen")
 
 
 def run_order(modes: list[str], rounds: int) -> list[tuple[int, str]]:
     """(round, mode) in the order they run: each round reverses the one before."""
     return [(r, m) for r in range(rounds) for m in (modes if r % 2 == 0 else modes[::-1])]
+
+
+def reuse_setup(source: Path, folder: Path) -> None:
+    """Give `folder` the drafter and the step-cost profile of `source`: the same in every run, measured once."""
+    for part in (Path("warm_drafter"), PROFILE):
+        if (source / part).exists() and not (folder / part).exists():
+            (folder / part).parent.mkdir(parents=True, exist_ok=True)
+            if (source / part).is_dir():
+                shutil.copytree(source / part, folder / part)
+            else:
+                shutil.copy2(source / part, folder / part)
 
 
 def phase_means(metrics: dict[int, dict[str, float]], first: int, last: int) -> dict[str, float]:
@@ -93,16 +106,15 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(args.work).resolve()
     job = DemoJob(model=args.model, steps=args.steps, seed=args.seed)
-    warm: Path | None = None
+    first: Path | None = None  # the first run's folder: its warmed-up drafter and step-cost profile
     runs = []
     for r, mode in run_order(modes, args.rounds):
         folder = work / f"{mode}_{r}"
-        if warm is not None and not (folder / "warm_drafter").exists():
-            shutil.copytree(warm, folder / "warm_drafter")  # the same drafter, without distilling it again
+        if first is not None:
+            reuse_setup(first, folder)
         print(f"[round {r}, {mode}] {args.steps} GRPO steps, overrides {MODES[mode]}", flush=True)
         result = run_job(replace(job, overrides=tuple(MODES[mode])), folder, progress=not args.no_progress)
-        if (folder / "warm_drafter").exists():
-            warm = warm or folder / "warm_drafter"
+        first = first or folder
         phases = phase_means(result.metrics, 2, args.steps)
         runs.append({"round": r, "mode": mode, "phases": phases,
                      "step_s": {s: m.get("timing_s/step") for s, m in sorted(result.metrics.items())}})

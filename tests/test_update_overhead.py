@@ -40,3 +40,17 @@ def test_phase_means_leave_out_step_one_and_unlogged_phases():
     means = overhead.phase_means(metrics, 2, 3)
     assert means["timing_s/step"] == 32.0 and means["timing_s/gen"] == 4.0
     assert math.isnan(means["timing_s/update_actor"])
+
+
+def test_later_runs_reuse_the_first_runs_drafter_and_profile(tmp_path):
+    first, later = tmp_path / "async_0", tmp_path / "off_0"
+    (first / "warm_drafter").mkdir(parents=True)
+    (first / "warm_drafter" / "config.json").write_text("{}")
+    (first / overhead.PROFILE).parent.mkdir(parents=True)
+    (first / overhead.PROFILE).write_text('{"key": 1}')
+    overhead.reuse_setup(first, later)
+    assert (later / "warm_drafter" / "config.json").read_text() == "{}"
+    assert (later / overhead.PROFILE).read_text() == '{"key": 1}'
+    (later / overhead.PROFILE).write_text("kept")
+    overhead.reuse_setup(first, later)  # what a folder has already stays
+    assert (later / overhead.PROFILE).read_text() == "kept"
