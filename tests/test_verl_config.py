@@ -143,3 +143,30 @@ def test_profile_engine_is_vllm_by_default_and_validated():
     assert RespecConfig.from_omegaconf({"profile_engine": "core"}).profile_engine == "core"
     with pytest.raises(ValueError, match=r"actor_rollout_ref\.respec\.profile_engine.*vllm, core"):
         RespecConfig.from_omegaconf({"profile_engine": "hf"})
+
+
+def test_the_adaptive_controllers_profile_is_measured_in_vllm_with_the_rollouts_settings(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from respec_verl.verl_glue import vllm_profile
+    from respec_verl.verl_glue.trainer import prepare_rollout
+    from tests.conftest import tiny_llama
+
+    calls = []
+
+    def fake_measure(out, model, drafter_dir, dtype, batch_sizes, ks, temperature, sample_method):
+        calls.append((model, dtype, batch_sizes, ks, temperature, sample_method))
+        out.write_text("{}")
+        return out
+
+    monkeypatch.setattr(vllm_profile, "measure_in_child", fake_measure)
+    tiny_llama(layers=2).save_pretrained(tmp_path / "actor")
+    rollout = {"max_num_seqs": 16, "dtype": "float32", "temperature": 0.6}
+    config = OmegaConf.create({"trainer": {"default_local_dir": str(tmp_path / "ckpt")},
+                               "actor_rollout_ref": {"model": {"path": str(tmp_path / "actor")}, "rollout": rollout}})
+    respec = RespecConfig.from_omegaconf({"enable": True, "controller": {"max_k": 3}})
+    settings = prepare_rollout(config, respec)
+    assert calls == [(str(tmp_path / "actor"), "float32", [1, 2, 4, 8, 16], [1, 2, 3], 0.6, "probabilistic")]
+    assert settings.profile_path.endswith("step_costs.json")
+    prepare_rollout(config, respec)  # measured once per run folder
+    assert len(calls) == 1
