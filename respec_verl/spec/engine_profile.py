@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from respec_verl.drafter.drafter import Drafter
 from respec_verl.spec.engine import SpeculativeEngine
 from respec_verl.spec.policy import FixedK
-from respec_verl.spec.profile import ProfileKey, StepCostProfile
+from respec_verl.spec.profile import ProfileKey, StepCostProfile, check_grid
 from respec_verl.spec.sampling import SamplingParams
 
 
@@ -66,10 +66,7 @@ def profile_engine_steps(
     steps of each run are left out: the prefill's allocations and, after a plain step, the
     drafter's catch-up belong to a switch, not to a step at k.
     """
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError(f"profile batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
-    if not ks or min(ks) < 1:
-        raise ValueError(f"profile ks must be a non-empty list of integers >= 1, got {list(ks)}")
+    check_grid(batch_sizes, ks)
     if context_len < 1 or steps < 1 or warmup_steps < 1:
         raise ValueError(f"profile context_len, steps and warmup_steps must be >= 1, got {context_len}, {steps}, {warmup_steps}")
     vocab = int(target.get_output_embeddings().weight.shape[0])

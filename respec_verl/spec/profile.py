@@ -264,6 +264,14 @@ def _draft_step(proposer: DraftProposer, k: int, last: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
+def check_grid(batch_sizes: Sequence[int], ks: Sequence[int]) -> None:
+    """A profile's grid: batch sizes and draft lengths, each a non-empty list of integers >= 1."""
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"profile batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"profile ks must be a non-empty list of integers >= 1, got {list(ks)}")
+
+
 def profile_step_costs(
     target: torch.nn.Module,
     drafter: Drafter,
@@ -282,10 +290,7 @@ def profile_step_costs(
     context stays fixed. Each entry is the median of `repeats` runs.
     """
     contexts = [context_len] if isinstance(context_len, int) else list(context_len)
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError(f"profile batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
-    if not ks or min(ks) < 1:
-        raise ValueError(f"profile ks must be a non-empty list of integers >= 1, got {list(ks)}")
+    check_grid(batch_sizes, ks)
     if not contexts or min(contexts) < 1:
         raise ValueError(f"profile context_len must be >= 1, got {context_len}")
     if repeats < 1:

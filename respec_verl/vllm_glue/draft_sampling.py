@@ -19,8 +19,6 @@ Proposed upstream in `docs/upstream/vllm-draft-model-reduced-vocab.md`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 _SAMPLING_EPS = 1e-5  # vLLM's: a temperature below it means greedy
@@ -58,18 +56,10 @@ def sample_reduced_draft(
     return draft_to_target[picked], full
 
 
-def _reduced_draft_model(proposer: Any):
-    """The proposer's model when it is respec's reduced-vocabulary drafter, else None."""
-    from respec_verl.vllm_glue.draft_model import RespecDraftLlamaForCausalLM
-
-    model = getattr(proposer, "model", None)
-    return model if isinstance(model, RespecDraftLlamaForCausalLM) else None
-
-
-def _patched(original):
+def _patched(original, model_class: type):
     def _sample_draft_tokens(self, hidden_states: torch.Tensor, sampling_metadata):
-        model = _reduced_draft_model(self)
-        if (not _enabled or model is None or not self._enable_probabilistic_draft_probs
+        model = getattr(self, "model", None)
+        if (not _enabled or not isinstance(model, model_class) or not self._enable_probabilistic_draft_probs
                 or sampling_metadata.all_greedy or self.use_heterogeneous_vocab):
             return original(self, hidden_states, sampling_metadata)
         draft_logits = model.compute_draft_logits(hidden_states)
@@ -84,12 +74,17 @@ def _patched(original):
 
 
 def install() -> None:
-    """Route reduced-vocabulary drafters' probabilistic drafting through `sample_reduced_draft` (idempotent)."""
+    """Route reduced-vocabulary drafters' probabilistic drafting through `sample_reduced_draft` (idempotent).
+
+    Called by `RespecDraftLlamaForCausalLM` as vLLM builds it, so its module is loaded by then.
+    """
     from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
+
+    from respec_verl.vllm_glue.draft_model import RespecDraftLlamaForCausalLM
 
     current = SpecDecodeBaseProposer._sample_draft_tokens
     if not hasattr(current, _PATCH_MARK):
-        SpecDecodeBaseProposer._sample_draft_tokens = _patched(current)
+        SpecDecodeBaseProposer._sample_draft_tokens = _patched(current, RespecDraftLlamaForCausalLM)
 
 
 def set_enabled(enabled: bool) -> None:

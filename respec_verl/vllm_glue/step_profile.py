@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from respec_verl.spec.policy import FixedK
-from respec_verl.spec.profile import ProfileKey, StepCostProfile
+from respec_verl.spec.profile import ProfileKey, StepCostProfile, check_grid
 from respec_verl.spec.stats import StepRecord
 from respec_verl.vllm_glue.settings import RolloutSettings
 
@@ -63,10 +63,7 @@ def profile_vllm_step_costs(
     progress: bool = True,
 ) -> StepCostProfile:
     """Seconds per vLLM engine step for each batch size and k in {0} + ks, on this machine."""
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be a non-empty list of integers >= 1, got {list(ks)}")
+    check_grid(batch_sizes, ks)
     if os.environ.get(IN_PROCESS_ENV) != "0":
         raise RuntimeError(f"set {IN_PROCESS_ENV}=0 before vLLM is imported: the profiler reads the scheduler's "
                            "step times in this process")
