@@ -9,7 +9,8 @@ named by its command line (Ray workers by their `ray::` title). RSS counts pages
 processes (libraries) in each, so the per-process figures add up to more than the host figure;
 the host figure is the one a machine's memory has to hold. Reading RSS is cheap (statm); reading
 PSS or USS (smaps) every few seconds slowed the demo down by itself. The JSON holds the peak
-sample (host figure and per-process RSS), each process's own peak and the series of the host figure.
+sample (host figure and per-process RSS), each process's own peak and the series of the host figure;
+`--process-series` adds each process's RSS series, to find the one that grows.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--every", type=float, default=3.0, help="seconds between samples")
+    parser.add_argument("--process-series", action="store_true", help="also keep each process's RSS series")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = psutil.virtual_memory().used
     start = time.monotonic()
     child = subprocess.Popen(command)
-    series, peak, per_process = [], None, {}
+    series, peak, per_process, process_series = [], None, {}, {}
     while True:
         done = child.poll() is not None
         used = (psutil.virtual_memory().used - baseline) / 2**30
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         for row in procs:
             key = f"{row['name']} (pid {row['pid']})"
             per_process[key] = max(per_process.get(key, 0.0), row["rss_gib"])
+            if args.process_series:
+                process_series.setdefault(key, []).append([series[-1][0], round(row["rss_gib"], 3)])
         if done:
             break
         time.sleep(args.every)
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_gib_by_process": dict(sorted(per_process.items(), key=lambda kv: -kv[1])),
         "host_used_gib_series": series,
     }
+    if args.process_series:
+        result["rss_gib_series_by_process"] = process_series
     write_json_atomic(Path(args.out), result)
     print(f"peak host memory in use above the start: {peak['host_used_gib']:.2f} GiB at {peak['t_s']:.0f} s")
     for row in peak["processes"][:12]:

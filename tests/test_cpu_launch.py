@@ -119,6 +119,9 @@ def test_cpu_env(tmp_path):
     env = launcher.cpu_env({"LD_PRELOAD": "/x/libother.so"}, tmp_path, kv_cache_gib=2)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["TMPDIR"] == str(tmp_path)
     assert env["RESPEC_VERL_CPU"] == "1" and env["VERL_PLATFORM"] == "cpu"
+    # the one-process executor of cpu_overrides needs it: vLLM-CPU turns "uni" into "mp" without it
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert "+actor_rollout_ref.rollout.engine_kwargs.vllm.distributed_executor_backend=uni" in launcher.cpu_overrides()
     libiomp5 = launcher.find_libiomp5()
     if libiomp5 is not None:
         assert env["LD_PRELOAD"] == f"{libiomp5}:/x/libother.so"

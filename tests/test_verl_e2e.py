@@ -72,6 +72,10 @@ def test_grpo_with_respec_runs_evolves_the_drafter_and_checkpoints_it(tmp_path):
     # step 1 speculates with drafter version 0, the actor's own weights pushed at start: q = p
     assert first.metrics[1]["rollout/spec_accept_rate"] > 0.9
     assert first.metrics[2]["respec/controller/k_mean"] == 2.0  # the fixed policy's k reached vLLM's scheduler
+    # vLLM's worker ran inside its engine-core process (launch's one-process executor): vLLM tags the
+    # log lines of each of its processes, and a worker process of its own would log as "(Worker pid=N)"
+    log = first.run.log_path.read_text(errors="replace")
+    assert "(EngineCore pid=" in log and "(Worker pid=" not in log
 
     checkpoint = tmp_path / "checkpoints" / "global_step_2"
     assert (checkpoint / "actor" / "respec_drafter_learner.pt").exists()

@@ -4,15 +4,16 @@ The code side of CPU support is the plugin's CPU module (`respec_verl.verl_glue.
 `import verl` in every process). The rest is configuration, which this module assembles:
 
 - `cpu_overrides`: what any CPU run needs (fake Ray GPUs and enough logical CPUs, one
-  TransferQueue storage unit, no vLLM sleep mode, sdpa attention, no remove-padding or
-  torch.compile, one reward and one agent-loop worker, a small weight-sync bucket), and the
-  precision: the rollout's `dtype` and the trainer's FSDP `mixed_precision.param_dtype` are set
-  together, so that vLLM and the trainer compute the same probabilities (verl's defaults are a
-  bf16 trainer, whatever the rollout dtype);
+  TransferQueue storage unit, no vLLM sleep mode, vLLM's worker in its engine-core process,
+  sdpa attention, no remove-padding or torch.compile, one reward and one agent-loop worker, a
+  small weight-sync bucket), and the precision: the rollout's `dtype` and the trainer's FSDP
+  `mixed_precision.param_dtype` are set together, so that vLLM and the trainer compute the same
+  probabilities (verl's defaults are a bf16 trainer, whatever the rollout dtype);
 - `small_run_overrides`: a short run of the arithmetic task (batch and lengths for a smoke test);
 - `cpu_env`: `LD_PRELOAD` of the Intel OpenMP runtime shipped with the Python environment (vLLM's
-  CPU backend is built against it), `VLLM_CPU_KVCACHE_SPACE`, a short `TMPDIR` (Ray puts Unix
-  sockets under it, with a 107-byte path limit), and `RESPEC_VERL_CPU=1`.
+  CPU backend is built against it), `VLLM_CPU_KVCACHE_SPACE`, `VLLM_ENABLE_V1_MULTIPROCESSING=0`
+  (the one-process vLLM executor), a short `TMPDIR` (Ray puts Unix sockets under it, with a
+  107-byte path limit), and `RESPEC_VERL_CPU=1`.
 
 User overrides come last and replace any default with the same key. The run goes through
 `supervisor.supervise` (own process group, outer timeout, fatal-line detection, log file), and
@@ -65,6 +66,10 @@ def cpu_overrides(dtype: str = "float32", bucket_mb: int = 256) -> list[str]:
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         "actor_rollout_ref.rollout.enforce_eager=True",
         "actor_rollout_ref.rollout.gpu_memory_utilization=0.1",
+        # vLLM's worker inside its engine-core process, not a process of its own (one Python with torch
+        # less: 0.4-0.5 GiB of the demo's peak); vLLM's CPU platform allows it only with
+        # VLLM_ENABLE_V1_MULTIPROCESSING=0, which `cpu_env` sets
+        "+actor_rollout_ref.rollout.engine_kwargs.vllm.distributed_executor_backend=uni",
         f"actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes={bucket_mb}",
         # trainer: no flash-attention, no unpadding kernels, no compile
         "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
@@ -152,6 +157,9 @@ def cpu_env(base: dict[str, str], tmp_dir: str | Path, kv_cache_gib: int = 1) ->
             "VLLM_TARGET_DEVICE": "cpu",
             "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
             "TMPDIR": str(tmp_dir),
+            # lets the one-process executor of `cpu_overrides` through (vLLM-CPU turns "uni" back into
+            # "mp" otherwise); verl's server still runs the engine core in a process of its own
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
             "PYTHONUNBUFFERED": "1",
             # Ray starts a pool of idle Python workers (one per logical CPU) when the driver connects;
             # on a small host their imports compete with the run's own start-up, and verl does not use them
