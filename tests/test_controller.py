@@ -9,6 +9,7 @@ import random
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from respec_verl.drafter import self_draft
 from respec_verl.spec import (
@@ -631,6 +632,17 @@ def test_profile_step_costs_on_tiny_model_is_complete():
     assert profile.key.dtype == "float32" and profile.key.device.startswith("cpu")
     assert profile.key.drafter.startswith("LlamaForCausalLM-1L")
     assert AdaptiveController(profile).choose_k(2) in range(5)
+
+
+def test_profilers_time_forwards_without_autograd():
+    """Both profilers run under inference mode: forwards that record a graph time more than the engine runs."""
+    target = tiny_llama(layers=2, hidden=32)
+    drafter = self_draft(target, 1)
+    modes = []
+    target.register_forward_hook(lambda module, args, out: modes.append(torch.is_inference_mode_enabled()))
+    profile_step_costs(target, drafter, [1], [1], context_len=4, repeats=1, progress=False)
+    profile_engine_steps(target, drafter, [1], [1], context_len=4, steps=2, progress=False)
+    assert modes and all(modes)
 
 
 def test_engine_step_profile_is_complete_and_drives_the_controller(tmp_path):

@@ -263,7 +263,6 @@ def _draft_step(proposer: DraftProposer, k: int, last: torch.Tensor) -> None:
     proposer.state.keep_last(torch.zeros(batch, 1, dtype=torch.bool))  # and the token fed first
 
 
-@torch.inference_mode()
 def check_grid(batch_sizes: Sequence[int], ks: Sequence[int]) -> None:
     """A profile's grid: batch sizes and draft lengths, each a non-empty list of integers >= 1."""
     if not batch_sizes or min(batch_sizes) < 1:
@@ -272,6 +271,7 @@ def check_grid(batch_sizes: Sequence[int], ks: Sequence[int]) -> None:
         raise ValueError(f"profile ks must be a non-empty list of integers >= 1, got {list(ks)}")
 
 
+@torch.inference_mode()
 def profile_step_costs(
     target: torch.nn.Module,
     drafter: Drafter,
