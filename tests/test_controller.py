@@ -26,6 +26,7 @@ from respec_verl.spec import (
     build_k_policy,
     profile_step_costs,
 )
+from respec_verl.spec.controller import MIN_PROBE_INTERVAL
 from respec_verl.spec.engine_profile import engine_step_times, profile_engine_steps
 from respec_verl.spec.step_table import monotone_grid, non_decreasing
 from tests.conftest import tiny_llama
@@ -159,7 +160,7 @@ def test_no_flapping_with_noisy_acceptance_at_a_tie():
 def test_probe_after_a_plain_streak_only_where_speculation_could_win(calibration_decay, probe_steps):
     """With calibration a probe drafts twice: its first step pays the drafter's catch-up, no cost evidence."""
     profile = synthetic_profile(roofline, draft_ratio=0.3)  # k=1 needs acceptance > 0.3 at batch 1
-    config = ControllerConfig(probe_interval=5, calibration_decay=calibration_decay)
+    config = ControllerConfig(probe_interval=5, probe_evidence=0.0, calibration_decay=calibration_decay)
     controller = AdaptiveController(profile, config)
     for _ in range(100):  # acceptance collapses: plain decoding
         controller.observe(StepRecord(1, 4, [0], 0.0, 0.0))
@@ -174,6 +175,49 @@ def test_probe_after_a_plain_streak_only_where_speculation_could_win(calibration
     for _ in range(10):  # batch 64 loses even at perfect acceptance: never probed
         assert controller.choose_k(64) == 0
         controller.observe(StepRecord(64, 0, [0] * 64, 0.0, 0.0))
+
+
+def plain_steps_before_probe(controller: AdaptiveController, batch_size: int, limit: int = 200) -> int:
+    """Plain steps the controller takes at `batch_size` before it drafts again."""
+    for n in range(limit):
+        if controller.choose_k(batch_size):
+            return n
+        controller.observe(StepRecord(batch_size, 0, [0] * batch_size, 0.0, 0.0))
+    return limit
+
+
+def test_one_rejected_first_draft_is_probed_again_soon():
+    """bench/controller.py at B = 1 (docs/results.md 2e): the first draft was rejected, which turned
+    speculation off, and a 64-step interval kept the 30-step run plain. With one drafted row of
+    evidence the next probe comes after MIN_PROBE_INTERVAL plain steps; a fixed interval waits 64."""
+    profile = synthetic_profile(roofline, draft_ratio=0.5)  # k = 1 costs 1.5 plain steps at batch 1
+    for evidence, expected in ((16.0, MIN_PROBE_INTERVAL), (0.0, 64)):
+        config = ControllerConfig(probe_interval=64, probe_evidence=evidence, calibration_decay=0.0, min_gain=0.0)
+        controller = AdaptiveController(profile, config)
+        controller.observe(StepRecord(1, 4, [0], 0.0, 0.0))  # the first draft, rejected
+        assert controller.best_k(1) == 0  # the estimate now says plain decoding
+        assert plain_steps_before_probe(controller, 1) == expected
+
+
+def test_probe_interval_grows_with_the_evidence_to_the_full_interval():
+    """Shorter while the estimate holds few drafted rows; full once it holds probe_evidence of them."""
+    profile = synthetic_profile(roofline, draft_ratio=0.3)
+    config = ControllerConfig(probe_interval=64, probe_evidence=16.0, calibration_decay=0.0)
+    controller = AdaptiveController(profile, config)
+    assert controller.probe_interval() == MIN_PROBE_INTERVAL  # no evidence yet
+    intervals = []
+    for _ in range(5):  # rejected drafts at batch 4: 4 rows of evidence each (decayed by 0.9 per step)
+        controller.observe(StepRecord(4, 1, [0] * 4, 0.0, 0.0))
+        intervals.append(controller.probe_interval())
+    assert intervals == sorted(intervals) and intervals[0] == math.ceil(64 * 4 / 16) and intervals[-1] == 64
+    controller.observe(StepRecord(16, 1, [0] * 16, 0.0, 0.0))  # one step at batch 16 is evidence enough
+    assert controller.probe_interval() == 64
+    # at batch 64 speculation loses even at perfect acceptance: however short the interval, no probe
+    fresh = AdaptiveController(profile, config)
+    assert plain_steps_before_probe(fresh, 64, limit=50) == 50
+    # and the interval never exceeds probe_interval, nor goes below it when that is already short
+    short = AdaptiveController(profile, dataclasses.replace(config, probe_interval=2))
+    assert short.probe_interval() == 2
 
 
 # ---------------------------------------------------------------- step-time calibration
@@ -219,7 +263,9 @@ SHRINKING = [b for b in [*range(64, 0, -4), 2, 1] for _ in range(6)]  # a rollou
 
 def test_calibration_turns_sd_off_where_real_sd_steps_cost_more():
     profile = synthetic_profile(roofline)
-    config = ControllerConfig(prior_acceptance=0.7, min_gain=0.0)
+    # A fixed probe interval: early probes at large batches (evidence-scaled, tested below) would learn
+    # the costs before the flip sizes, and this test is about learning them from the SD steps run there.
+    config = ControllerConfig(prior_acceptance=0.7, min_gain=0.0, probe_evidence=0.0)
     off = dataclasses.replace(config, calibration_decay=0.0)
     calibrated, bare = AdaptiveController(profile, config), AdaptiveController(profile, off)
     oracle = AdaptiveController(scaled_sd_costs(profile, 1.5), off)  # knows the real costs from the start
@@ -507,6 +553,8 @@ def test_state_dict_round_trip():
         ("prior_acceptance", -0.1, "[0, 1]"),
         ("prior_strength", 0, "> 0"),
         ("probe_interval", -3, "integer >= 0"),
+        ("probe_evidence", -1.0, "finite number >= 0"),
+        ("probe_evidence", math.inf, "finite number >= 0"),
         ("calibration_decay", 1.0, "[0, 1) (0 disables calibration)"),
         ("calibration_decay", -0.1, "[0, 1)"),
         ("calibration_decay", "0.8", "[0, 1)"),

@@ -23,6 +23,7 @@ from respec_verl.spec.straggler import StragglerAcceptance
 
 CONFIG_KEY = "actor_rollout_ref.respec.controller"
 POLICIES = ("adaptive", "fixed", "off")
+MIN_PROBE_INTERVAL = 4  # plain steps before a probe, however little acceptance evidence there is
 
 
 def _is_int(value: object) -> bool:
@@ -62,6 +63,7 @@ class ControllerConfig:
     prior_acceptance: float = 0.7
     prior_strength: float = 2.0
     probe_interval: int = 64
+    probe_evidence: float = 16.0
     calibration_decay: float = 0.8
 
     def __post_init__(self) -> None:
@@ -89,6 +91,8 @@ class ControllerConfig:
             self._fail("prior_strength", self.prior_strength, "a number > 0")
         if not _is_int(self.probe_interval) or self.probe_interval < 0:
             self._fail("probe_interval", self.probe_interval, "an integer >= 0 (0 disables probing)")
+        if not _is_number(self.probe_evidence) or not 0 <= self.probe_evidence < math.inf:
+            self._fail("probe_evidence", self.probe_evidence, "a finite number >= 0 (0: a fixed probe interval)")
         allowed = "a number in [0, 1) (0 disables calibration)"
         self._check_range("calibration_decay", self.calibration_decay, 0.0, 1.0, allowed, upper_open=True)
 
@@ -219,9 +223,23 @@ class AdaptiveController:
             return k
         return self._probe(batch_size)
 
+    def probe_interval(self) -> int:
+        """Plain steps before the next probe: `probe_interval`, scaled down while the acceptance
+        estimate holds fewer than `probe_evidence` drafted rows (see `ControllerConfig`).
+
+        An estimate of a few rows is one unlucky draft away from turning speculation off, and at
+        batch 1 a step adds one row, so the interval shrinks to match; at large batches, where a
+        probe costs most, one speculative step brings the evidence up and the interval back.
+        """
+        full, needed = self.config.probe_interval, self.config.probe_evidence
+        if not full or not needed:
+            return full
+        evidence = self.acceptance.drafted[0] if self.acceptance.drafted else 0.0
+        return max(min(full, MIN_PROBE_INTERVAL), math.ceil(full * min(1.0, evidence / needed)))
+
     def _probe(self, batch_size: int) -> int:
         """The k of a probe step when one is due, else 0 (current_k stays 0: evidence, not a switch)."""
-        interval = self.config.probe_interval
+        interval = self.probe_interval()
         if not interval or not (self._probe_left or self.plain_streak >= interval):
             return 0
         probe = self._probe_k(batch_size)
