@@ -65,6 +65,18 @@ def mean_step_s(records: list[RLStep], steps: int) -> float:
     return statistics.fmean(times) if times else float("nan")
 
 
+def timing(job: DemoJob, records: list[RLStep], work: Path, args) -> dict[str, float]:
+    """Mean step time of the main (async) run's first steps and of two short runs: update synchronous, and off."""
+    short = replace(job, steps=args.timing_steps)
+    overrides = {"sync": "actor_rollout_ref.respec.evolution.async_update=false",
+                 "off": "actor_rollout_ref.respec.evolution.interval=0"}
+    times = {"async": mean_step_s(records, args.timing_steps)}
+    for name, override in overrides.items():
+        run = run_rl(short, work / name, [override], not args.no_progress, args.reuse)
+        times[name] = mean_step_s(run, args.timing_steps)
+    return times
+
+
 def replayed_drafters(frozen: Drafter, updates, weighting: str, snapshot_steps: list[int], config: LearnerConfig):
     """The drafter after each snapshot step's updates, replaying the recorded ones in order."""
     learner = DrafterLearner(copy.deepcopy(frozen), replace(config, weighting=weighting, async_update=False))
@@ -87,7 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--snapshot-every", type=int, default=10)
-    parser.add_argument("--timing-steps", type=int, default=5, help="steps of the sync and no-update runs")
+    parser.add_argument("--timing-steps", type=int, default=5,
+                        help="steps of the sync and no-update runs; 0 skips them (bench/update_overhead.py "
+                             "measures the overhead in interleaved runs)")
+    parser.add_argument("--lr", type=float, default=DemoJob.lr,
+                        help="the actor's learning rate; a higher one moves the actor further from the frozen drafter")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--k", type=int, default=4, help="draft length of the acceptance measurement")
     parser.add_argument("--eval-prompts", type=int, default=32)
@@ -105,21 +121,18 @@ def main(argv: list[str] | None = None) -> None:
     from respec_verl.verl_glue.launch import resolve_model
 
     work = Path(args.work).resolve()
-    job = DemoJob(model=args.model, steps=args.steps, seed=args.seed)
+    if args.timing_steps < 0:
+        parser.error(f"--timing-steps = {args.timing_steps} is not valid; allowed: an integer >= 0")
+    if args.lr <= 0:
+        parser.error(f"--lr = {args.lr} is not valid; allowed: a number > 0")
+    job = DemoJob(model=args.model, steps=args.steps, seed=args.seed, lr=args.lr)
     record = work / "evolving" / "record"
     if not (args.reuse and (work / "evolving" / RECORDS).exists()):
         shutil.rmtree(record, ignore_errors=True)  # an earlier run's snapshots would mix in
     records = run_rl(job, work / "evolving", [f"actor_rollout_ref.respec.record.dir={record}",
                                               f"actor_rollout_ref.respec.record.actor_every={args.snapshot_every}"],
                      not args.no_progress, args.reuse)
-    short = replace(job, steps=args.timing_steps)
-    timing_runs = {
-        "sync": run_rl(short, work / "sync", ["actor_rollout_ref.respec.evolution.async_update=false"], not args.no_progress,
-                       args.reuse),
-        "off": run_rl(short, work / "off", ["actor_rollout_ref.respec.evolution.interval=0"], not args.no_progress, args.reuse),
-    }
-    step_time = {"async": mean_step_s(records, args.timing_steps)}
-    step_time.update({name: mean_step_s(r, args.timing_steps) for name, r in timing_runs.items()})
+    step_time = timing(job, records, work, args) if args.timing_steps else {}
 
     # offline: every policy on every actor snapshot of the evolving run
     warm_dir = work / "evolving" / "warm_drafter"
@@ -164,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         "step_time_s": step_time,
         "reward_over_frozen": last["reward"] / last["frozen"],
         "reward_over_oracle": last["reward"] / last["oracle"],
-        "async_overhead": step_time["async"] / step_time["off"] - 1,
-        "sync_overhead": step_time["sync"] / step_time["off"] - 1,
+        "async_overhead": step_time["async"] / step_time["off"] - 1 if step_time else None,
+        "sync_overhead": step_time["sync"] / step_time["off"] - 1 if step_time else None,
         "replay": {"updates_recorded": len(updates), "updates_replayed": replayed,
                    "last_replayed_loss": reward_metrics.get("respec/drafter/loss"),
                    "last_in_run_loss": in_run_loss[-1] if in_run_loss else None},
@@ -174,9 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     write_json_atomic(out, result)
     plot(result, out.with_suffix(".png"))
     print(f"after {last['step']} steps: reward-weighted / frozen = {result['reward_over_frozen']:.2f}, "
-          f"/ oracle = {result['reward_over_oracle']:.2f}; step time async {step_time['async']:.1f} s, "
-          f"sync {step_time['sync']:.1f} s, no update {step_time['off']:.1f} s (async adds "
-          f"{100 * result['async_overhead']:.0f}%, sync {100 * result['sync_overhead']:.0f}%)")
+          f"/ oracle = {result['reward_over_oracle']:.2f}")
+    if step_time:
+        print(f"step time async {step_time['async']:.1f} s, sync {step_time['sync']:.1f} s, no update "
+              f"{step_time['off']:.1f} s (async adds {100 * result['async_overhead']:.0f}%, sync "
+              f"{100 * result['sync_overhead']:.0f}%)")
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
@@ -186,7 +201,9 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, mid, right) = plt.subplots(1, 3, figsize=(15, 4.2))
+    timed = bool(result["step_time_s"])
+    fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4.2))
+    left, mid = axes[0], axes[1]
     steps = [r["step"] for r in result["evaluation"]]
     for name in POLICIES:
         left.plot(steps, [r[name] for r in result["evaluation"]], marker="o", label=name)
@@ -197,8 +214,10 @@ def plot(result: dict, path: Path) -> None:
     mid.plot([h["step"] for h in hist], [h["accept_length"] for h in hist], label="rollout acceptance length (vLLM)")
     mid.set(xlabel="RL step", title="The verl run (reward-weighted drafter in the loop)")
     mid.legend()
-    right.bar(list(result["step_time_s"]), list(result["step_time_s"].values()))
-    right.set(ylabel="seconds per RL step", title="Drafter update: async / sync / off")
+    if timed:
+        right = axes[2]
+        right.bar(list(result["step_time_s"]), list(result["step_time_s"].values()))
+        right.set(ylabel="seconds per RL step", title="Drafter update: async / sync / off")
     save_figure(fig, path)
 
 
