@@ -823,3 +823,56 @@ def test_rows_leaving_the_batch_are_not_charged_to_the_step(monkeypatch):
     target = tiny_llama(seed=6)
     out = SpeculativeEngine(target).generate([[1, 2, 3], [4, 5, 6, 7]], SamplingParams(temperature=0.0, max_new_tokens=6))
     assert len(out.token_ids[0]) == 6 and all(s.step_time_s < 1.0 for s in out.stats.steps)
+
+
+def test_a_plain_ratio_borrowed_from_batch_1_does_not_keep_speculation_on_at_batch_16():
+    """bench/controller.py at batch 16 (docs/results.md 2g): plain measured 1.25x its profile at
+    batch 1 only, k = 3 measured as profiled at batch 16; the borrowed plain ratio must not make
+    plain look 25% dearer there than the speculative steps measured in that bucket say."""
+    cal = StepTimeCalibration(decay=0.5)
+    for _ in range(4):  # the first step at each k is warm-up, and is skipped
+        cal.observe(0, 1.25, 1.0, batch_size=1)
+    assert cal.ratio(0, 16) == pytest.approx(1.25)  # no evidence at batch 16 yet: the shared ratio
+    for _ in range(4):
+        cal.observe(3, 0.96, 1.0, batch_size=16)
+    assert cal.ratio(0, 16) == pytest.approx(0.96, rel=0.01)  # capped at the bucket's measured k = 3
+    assert cal.ratio(0, 1) == pytest.approx(1.25)  # batch 1's own plain cell is kept
+    assert cal.ratio(0, 4) == pytest.approx(1.25)  # a bucket with no speculative evidence: the shared one
+    cal.observe(0, 1.0, 1.0, batch_size=16)
+    cal.observe(0, 1.0, 1.0, batch_size=16)
+    assert cal.ratio(0, 16) == pytest.approx(1.0)  # measured plain steps at batch 16 override the cap
+    slower = StepTimeCalibration(decay=0.5)  # every step 30% slower: the cap changes nothing
+    for b in (1, 16):
+        for k in (0, 3):
+            for _ in range(3):
+                slower.observe(k, 1.3, 1.0, batch_size=b)
+    assert slower.ratio(0, 16) == pytest.approx(1.3) and slower.ratio(0, 8) == pytest.approx(1.3)
+
+
+def test_the_controller_leaves_speculation_once_its_steps_are_measured_where_plain_was_borrowed():
+    """The scenario of docs/results.md 2g on a synthetic profile: plain decoding measured only at batch
+    1 (the steps the length cap cuts to k = 0), 1.25x dearer than profiled there; speculation costs
+    what the profile says. At a batch where speculation loses on the true costs but wins against the
+    inflated plain ratio, the controller must turn it off once its steps there are measured; before
+    the cap it never measured plain there and speculated to the end."""
+    profile = synthetic_profile(roofline)
+    config = ControllerConfig(prior_acceptance=0.7, probe_interval=0)
+    controller = AdaptiveController(profile, config)
+    truth = AdaptiveController(profile, dataclasses.replace(config, calibration_decay=0.0))  # the profile is exact
+    rng = random.Random(0)
+
+    def step(b: int, k: int) -> None:
+        record = timed_record(rng, profile, b, k, 1.25 if b == 1 else 1.0, 1.0)
+        controller.observe(record)
+        truth.observe(record)  # the same acceptance evidence
+
+    for _ in range(6):  # at batch 1: speculative steps as profiled, and plain ones 1.25x their profile
+        for k in (2, 2, 0):
+            step(1, k)
+    batch = max(b for b in range(2, 65) if truth.best_k(b) == 0 and controller.best_k(b) > 0)
+    ks = []
+    for _ in range(20):
+        ks.append(controller.choose_k(batch))
+        step(batch, ks[-1])
+    assert ks[0] > 0  # on the borrowed plain ratio it speculates at first...
+    assert ks[-1] == 0 == truth.best_k(batch)  # ...and turns it off on its own measured steps, as it should

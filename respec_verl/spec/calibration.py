@@ -83,11 +83,23 @@ class StepTimeCalibration:
         speculative steps share their overheads and learning each k's cost by running it would lose;
         with no speculative step measured, the plain ratio, since a speculative step does all a
         plain one does. An unmeasured k = 0 stays at 1: plain decoding is what the profile times.
+
+        Plain decoding borrowed into a bucket where speculative steps were measured is capped at the
+        smallest of their ratios there. The controller measures plain decoding at a bucket only if it
+        chooses it there, so without the cap a plain ratio learnt elsewhere (batch 1, where per-step
+        overheads dominate) keeps plain looking dearer than it is at a bucket that speculates, and
+        speculation stays on where it loses (bench/controller.py at batch 16, docs/results.md 2g).
+        A common slowdown of every step still scales both sides alike.
         """
         if not self.enabled:
             return 1.0
-        if batch_size is not None and (batch_bucket(batch_size), k) in self.local:
-            return math.exp(self.local[(batch_bucket(batch_size), k)])
+        if batch_size is not None:
+            bucket = batch_bucket(batch_size)
+            if (bucket, k) in self.local:
+                return math.exp(self.local[(bucket, k)])
+            here = [v for (b, j), v in self.local.items() if b == bucket and j > 0]
+            if k == 0 and here:
+                return math.exp(min(self.log_ratio.get(0, 0.0), *here))
         if k in self.log_ratio:
             return math.exp(self.log_ratio[k])
         measured = [j for j in self.log_ratio if j > 0]
