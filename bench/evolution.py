@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                              "measures the overhead in interleaved runs)")
     parser.add_argument("--lr", type=float, default=DemoJob.lr,
                         help="the actor's learning rate; a higher one moves the actor further from the frozen drafter")
+    parser.add_argument("--drafter-steps", type=int, default=LearnerConfig.steps_per_update,
+                        help="optimizer steps per drafter update (evolution.steps_per_update), in the run and the replays")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--k", type=int, default=4, help="draft length of the acceptance measurement")
     parser.add_argument("--eval-prompts", type=int, default=32)
@@ -125,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--timing-steps = {args.timing_steps} is not valid; allowed: an integer >= 0")
     if args.lr <= 0:
         parser.error(f"--lr = {args.lr} is not valid; allowed: a number > 0")
-    job = DemoJob(model=args.model, steps=args.steps, seed=args.seed, lr=args.lr)
+    if args.drafter_steps < 1:
+        parser.error(f"--drafter-steps = {args.drafter_steps} is not valid; allowed: an integer >= 1")
+    job = DemoJob(model=args.model, steps=args.steps, seed=args.seed, lr=args.lr,
+                  overrides=(f"actor_rollout_ref.respec.evolution.steps_per_update={args.drafter_steps}",))
     record = work / "evolving" / "record"
     if not (args.reuse and (work / "evolving" / RECORDS).exists()):
         shutil.rmtree(record, ignore_errors=True)  # an earlier run's snapshots would mix in
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     frozen = load_drafter_dir(warm_dir)
     updates = recorded_updates(record / "updates")
     snapshot_steps = sorted(int(p.name.rsplit("_", 1)[1]) for p in record.glob("actor_step_*"))
-    learner_config = LearnerConfig(seed=job.seed, temperature=job.temperature)
+    learner_config = LearnerConfig(seed=job.seed, temperature=job.temperature, steps_per_update=args.drafter_steps)
     drafters = {"frozen": {}}
     drafters["reward"], replayed, reward_metrics = replayed_drafters(frozen, updates, "reward", snapshot_steps, learner_config)
     drafters["uniform"], _, _ = replayed_drafters(frozen, updates, "uniform", snapshot_steps, learner_config)
