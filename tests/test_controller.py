@@ -825,27 +825,29 @@ def test_rows_leaving_the_batch_are_not_charged_to_the_step(monkeypatch):
     assert len(out.token_ids[0]) == 6 and all(s.step_time_s < 1.0 for s in out.stats.steps)
 
 
+def observe_steps(cal: StepTimeCalibration, k: int, ratio: float, batch_size: int, n: int) -> None:
+    """`n` engine steps at k and `batch_size` that took `ratio` times their profiled 1 s."""
+    for _ in range(n):
+        cal.observe(k, ratio, 1.0, batch_size=batch_size)
+
+
 def test_a_plain_ratio_borrowed_from_batch_1_does_not_keep_speculation_on_at_batch_16():
     """bench/controller.py at batch 16 (docs/results.md 2g): plain measured 1.25x its profile at
     batch 1 only, k = 3 measured as profiled at batch 16; the borrowed plain ratio must not make
     plain look 25% dearer there than the speculative steps measured in that bucket say."""
     cal = StepTimeCalibration(decay=0.5)
-    for _ in range(4):  # the first step at each k is warm-up, and is skipped
-        cal.observe(0, 1.25, 1.0, batch_size=1)
+    observe_steps(cal, 0, 1.25, 1, 4)  # the first step at each k is warm-up, and is skipped
     assert cal.ratio(0, 16) == pytest.approx(1.25)  # no evidence at batch 16 yet: the shared ratio
-    for _ in range(4):
-        cal.observe(3, 0.96, 1.0, batch_size=16)
+    observe_steps(cal, 3, 0.96, 16, 4)
     assert cal.ratio(0, 16) == pytest.approx(0.96, rel=0.01)  # capped at the bucket's measured k = 3
     assert cal.ratio(0, 1) == pytest.approx(1.25)  # batch 1's own plain cell is kept
     assert cal.ratio(0, 4) == pytest.approx(1.25)  # a bucket with no speculative evidence: the shared one
-    cal.observe(0, 1.0, 1.0, batch_size=16)
-    cal.observe(0, 1.0, 1.0, batch_size=16)
+    observe_steps(cal, 0, 1.0, 16, 2)
     assert cal.ratio(0, 16) == pytest.approx(1.0)  # measured plain steps at batch 16 override the cap
     slower = StepTimeCalibration(decay=0.5)  # every step 30% slower: the cap changes nothing
     for b in (1, 16):
         for k in (0, 3):
-            for _ in range(3):
-                slower.observe(k, 1.3, 1.0, batch_size=b)
+            observe_steps(slower, k, 1.3, b, 3)
     assert slower.ratio(0, 16) == pytest.approx(1.3) and slower.ratio(0, 8) == pytest.approx(1.3)
 
 
@@ -876,3 +878,18 @@ def test_the_controller_leaves_speculation_once_its_steps_are_measured_where_pla
         step(batch, ks[-1])
     assert ks[0] > 0  # on the borrowed plain ratio it speculates at first...
     assert ks[-1] == 0 == truth.best_k(batch)  # ...and turns it off on its own measured steps, as it should
+
+
+def test_a_speculative_ratio_borrowed_into_a_bucket_is_at_least_its_measured_plain_ratio():
+    """docs/results.md 2g at batch 64: k = 3 measured at 0.75 of its profile at batch 2 only, plain at
+    1.1x at batch 64; the borrowed 0.75 must not make speculation look cheap at batch 64."""
+    cal = StepTimeCalibration(decay=0.5)
+    observe_steps(cal, 3, 0.75, 2, 4)  # the first step at each k is warm-up, and is skipped
+    assert cal.ratio(3, 64) == pytest.approx(0.75)  # nothing measured at batch 64 yet: the shared ratio
+    observe_steps(cal, 0, 1.1, 64, 3)
+    assert cal.ratio(3, 64) == pytest.approx(1.1)  # floored at the bucket's measured plain ratio
+    assert cal.ratio(2, 64) == pytest.approx(1.1)  # an unmeasured k borrows, and is floored alike
+    assert cal.ratio(3, 2) == pytest.approx(0.75)  # batch 2's own cell is kept
+    assert cal.ratio(3, 8) == pytest.approx(0.75)  # a bucket with no plain evidence: the shared one
+    observe_steps(cal, 3, 0.9, 64, 2)
+    assert cal.ratio(3, 64) == pytest.approx(0.9)  # measured speculative steps at batch 64 override the floor

@@ -89,23 +89,33 @@ class StepTimeCalibration:
         chooses it there, so without the cap a plain ratio learnt elsewhere (batch 1, where per-step
         overheads dominate) keeps plain looking dearer than it is at a bucket that speculates, and
         speculation stays on where it loses (bench/controller.py at batch 16, docs/results.md 2g).
-        A common slowdown of every step still scales both sides alike.
+        The mirror rule: a speculative ratio borrowed into a bucket where plain decoding was measured
+        is at least that bucket's plain ratio (a speculative step does all a plain one does), so a
+        ratio learnt at small batches, where a profile may overprice speculation, cannot make it look
+        cheap at batch 64 (2g). A common slowdown of every step still scales both sides alike.
         """
         if not self.enabled:
             return 1.0
-        if batch_size is not None:
-            bucket = batch_bucket(batch_size)
-            if (bucket, k) in self.local:
-                return math.exp(self.local[(bucket, k)])
+        if batch_size is None:
+            return math.exp(self._shared(k))
+        bucket = batch_bucket(batch_size)
+        if (bucket, k) in self.local:
+            return math.exp(self.local[(bucket, k)])
+        if k == 0:
             here = [v for (b, j), v in self.local.items() if b == bucket and j > 0]
-            if k == 0 and here:
-                return math.exp(min(self.log_ratio.get(0, 0.0), *here))
+            return math.exp(min([self._shared(0), *here]))
+        if (bucket, 0) in self.local:
+            return math.exp(max(self._shared(k), self.local[(bucket, 0)]))
+        return math.exp(self._shared(k))
+
+    def _shared(self, k: int) -> float:
+        """The log ratio at k shared across batch sizes (see `ratio`)."""
         if k in self.log_ratio:
-            return math.exp(self.log_ratio[k])
+            return self.log_ratio[k]
         measured = [j for j in self.log_ratio if j > 0]
         if k == 0 or not measured:
-            return math.exp(self.log_ratio.get(0, 0.0))
-        return math.exp(self.log_ratio[min(measured, key=lambda j: (abs(j - k), j))])
+            return self.log_ratio.get(0, 0.0)
+        return self.log_ratio[min(measured, key=lambda j: (abs(j - k), j))]
 
     def state_dict(self) -> dict[str, dict[str, float]]:
         """Ratios and their ages in steps, keyed by "k" and "bucket:k" so a JSON round trip is exact."""
