@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=DemoJob.lr,
                         help="the actor's learning rate; a higher one moves the actor further from the frozen drafter")
     parser.add_argument("--drafter-steps", type=int, default=LearnerConfig.steps_per_update,
-                        help="optimizer steps per drafter update (evolution.steps_per_update), in the run and the replays")
+                        help="optimizer steps per drafter update (evolution.steps_per_update), "
+                             "in the run and the replays")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--k", type=int, default=4, help="draft length of the acceptance measurement")
     parser.add_argument("--eval-prompts", type=int, default=32)
