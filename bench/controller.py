@@ -4,9 +4,11 @@ SmolLM2-135M-Instruct target, a 2-layer reduced-vocabulary self-draft distilled 
 answers to the workload's kinds of prompts (templated questions, and long texts like the long-tail
 rollout's stragglers). The step costs are profiled first through the engine loop (`profile_engine_steps`, whole
 engine steps per batch size and k); then, for each batch size, the same prompts run under plain
-decoding, each static k and the controller, `--repeats` times in a rotating order, and each
-configuration's median tokens/s is compared (a single run at a batch size is noisy by several
-percent, and the best of several noisy static runs is biased upward). One controller serves every
+decoding, each static k and the controller, `--repeats` times in a rotating order (more at the
+batch sizes whose runs are short, with `--min-seconds`), and each configuration's median tokens/s
+is compared (a single run at a batch size is noisy by several percent, and the best of several
+noisy static runs is biased upward); beside it, the median of the ratios within each round, which
+cancels the machine's drift between rounds (`paired`). One controller serves every
 run, as in a training job, so it carries its acceptance and cost estimates from one batch to the
 next. Finally one long-tail rollout (64 requests, a few of which run to a long cap while the rest
 stop early, as in an RL rollout) runs under the controller, the best static k and plain decoding.
@@ -18,6 +20,7 @@ Writes JSON and a PNG plot.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
@@ -33,29 +36,56 @@ from respec_verl.spec.engine_profile import profile_engine_steps
 from respec_verl.spec.profile import ProfileKey
 
 
+class TracedController(AdaptiveController):
+    """The controller, keeping each decision's scores per candidate k, so a run's choices can be read afterwards."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trace: list[dict] = []
+
+    def choose_k(self, batch_size: int) -> int:
+        k = super().choose_k(batch_size)
+        scores = {str(j): round(self.score(batch_size, j), 2) for j in self.candidates}
+        self.trace.append({"batch_size": batch_size, "k": k, "scores": scores})
+        return k
+
+
 def timed(engine: SpeculativeEngine, prompts, params) -> dict:
+    trace = getattr(engine.k_policy, "trace", None)
+    first = len(trace) if trace is not None else 0
     start = time.perf_counter()
     out = engine.generate(prompts, params)
     wall = time.perf_counter() - start
+    decisions = {"decisions": trace[first:]} if trace is not None else {}
     return {
         "tokens_per_s": out.stats.generated_tokens / wall,
         "wall_s": wall,
         "accept_length": out.stats.mean_accept_length,
         "steps": [(s.batch_size, s.k) for s in out.stats.steps],
         "step_times_s": [s.step_time_s for s in out.stats.steps],
+        **decisions,
     }
 
 
-def repeated(engines: dict[str, SpeculativeEngine], prompts, params, repeats: int) -> dict[str, dict]:
-    """Each engine `repeats` times, the order rotated every round; per engine the run with the median tokens/s.
+def repeated(engines: dict[str, SpeculativeEngine], prompts, params, repeats: int, min_seconds: float = 0.0,
+             max_repeats: int = 30) -> dict[str, dict]:
+    """Each engine in rounds, the order rotated every round; per engine the run with the median tokens/s.
 
-    The median run is kept whole (its steps and acceptance), with every round's tokens/s beside it.
+    At least `repeats` rounds, more (up to `max_repeats`) until each engine has run about
+    `min_seconds` in all, judged by the first round: a batch of one runs for about a second, and a
+    handful of such runs is noisier than the differences between ks. The median run is kept whole
+    (its steps and acceptance), with every round's tokens/s beside it, in round order.
     """
     names = list(engines)
     runs: dict[str, list[dict]] = {name: [] for name in names}
-    for round_ in range(repeats):
+    rounds, round_ = repeats, 0
+    while round_ < rounds:
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
             runs[name].append(timed(engines[name], prompts, params))
+        if round_ == 0 and min_seconds > 0:
+            slowest = max(r[0]["wall_s"] for r in runs.values())
+            rounds = max(repeats, min(max_repeats, math.ceil(min_seconds / slowest)))
+        round_ += 1
     out = {}
     for name, results in runs.items():
         ordered = sorted(results, key=lambda r: r["tokens_per_s"])
@@ -64,6 +94,15 @@ def repeated(engines: dict[str, SpeculativeEngine], prompts, params, repeats: in
         median["tokens_per_s_runs"] = [r["tokens_per_s"] for r in results]
         out[name] = median
     return out
+
+
+def paired_ratio(runs: dict[str, dict], name: str, baseline: str) -> float:
+    """Median over rounds of name's tokens/s over baseline's in the same round.
+
+    The rounds run one after the other, and this machine's speed drifts between them by more than
+    the differences measured; a ratio within a round cancels the drift that a ratio of medians keeps.
+    """
+    return statistics.median(a / b for a, b in zip(runs[name]["tokens_per_s_runs"], runs[baseline]["tokens_per_s_runs"]))
 
 
 def tail_share(run: dict, small_batch: int = 8) -> float:
@@ -109,6 +148,10 @@ def main() -> None:
     parser.add_argument("--long-fraction", type=float, default=0.0625,
                         help="share of long-answer requests in the long-tail rollout (0.0625: about 4 stragglers of 64)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per configuration and batch size (median kept)")
+    parser.add_argument("--profile-rounds", type=int, default=1,
+                        help="passes over the profile's grid, the ks' order reversed every other pass (median over all)")
+    parser.add_argument("--min-seconds", type=float, default=0.0,
+                        help="more runs at a batch size until each configuration has run about this long")
     parser.add_argument("--tail-repeats", type=int, default=2, help="runs per configuration of the long-tail rollout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/controller.json")
@@ -135,26 +178,32 @@ def main() -> None:
     prompts = [encode_chat(tokenizer, q) for q in make_questions(max(sizes), seed=args.seed + 1)]
     profile_prompts = [encode_chat(tokenizer, q) for q in make_questions(max(sizes), seed=args.seed + 3)]  # not the timed ones
     profile = profile_engine_steps(target, drafter, sizes, ks, context_len=64, prompts=profile_prompts, steps=10,
+                                   rounds=args.profile_rounds,
                                    key=ProfileKey.of(target, drafter, model_name=MODEL_NAME))
-    controller = AdaptiveController(profile, ControllerConfig(max_k=max(ks), candidates=tuple([0] + ks)))
+    controller = TracedController(profile, ControllerConfig(max_k=max(ks), candidates=tuple([0] + ks)))
     timed(SpeculativeEngine(target, drafter, controller), prompts[:4], params)  # warm-up, and a first acceptance estimate
 
     by_batch = []
     header = " ".join(f"{name:>8}" for name in ["plain"] + [f"k={k}" for k in ks] + ["ctrl"])
-    print(f"{'B':>3} tokens/s: {header} | ctrl/best-static ctrl/plain")
+    print(f"{'B':>3} tokens/s: {header} | ctrl/best-static ctrl/plain | the same paired by round")
     engines = {"plain": SpeculativeEngine(target)}
     engines.update({f"k={k}": SpeculativeEngine(target, drafter, FixedK(k)) for k in ks})
     engines["controller"] = SpeculativeEngine(target, drafter, controller)
     for batch in sizes:
-        runs = repeated(engines, prompts[:batch], params, args.repeats)
-        best_static = max(runs[f"k={k}"]["tokens_per_s"] for k in ks)
-        row = {"batch_size": batch, "runs": runs,
-               "controller_over_best_static": runs["controller"]["tokens_per_s"] / best_static,
-               "controller_over_plain": runs["controller"]["tokens_per_s"] / runs["plain"]["tokens_per_s"]}
+        runs = repeated(engines, prompts[:batch], params, args.repeats, args.min_seconds)
+        best_name = max((f"k={k}" for k in ks), key=lambda name: runs[name]["tokens_per_s"])
+        row = {"batch_size": batch, "runs": runs, "best_static": best_name,
+               "rounds": len(runs["plain"]["tokens_per_s_runs"]),
+               "controller_over_best_static": runs["controller"]["tokens_per_s"] / runs[best_name]["tokens_per_s"],
+               "controller_over_plain": runs["controller"]["tokens_per_s"] / runs["plain"]["tokens_per_s"],
+               "paired": {"controller_over_best_static": paired_ratio(runs, "controller", best_name),
+                          "controller_over_plain": paired_ratio(runs, "controller", "plain")}}
         by_batch.append(row)
         cells = " ".join(f"{runs[n]['tokens_per_s']:8.1f}" for n in runs)
-        print(f"{batch:3d} tokens/s: {cells} | {row['controller_over_best_static']:15.2f} {row['controller_over_plain']:10.2f}",
-              flush=True)
+        paired = row["paired"]
+        print(f"{batch:3d} tokens/s: {cells} | {row['controller_over_best_static']:15.2f} "
+              f"{row['controller_over_plain']:10.2f} | paired {paired['controller_over_best_static']:.2f} "
+              f"{paired['controller_over_plain']:.2f} ({row['rounds']} rounds)", flush=True)
 
     tail_prompts = [encode_chat(tokenizer, q) for q in make_long_tail_questions(64, seed=args.seed + 2, long_fraction=args.long_fraction)]
     tail_params = SamplingParams(temperature=0.0, max_new_tokens=args.tail_new_tokens, stop_token_ids=(eos,))
@@ -167,12 +216,17 @@ def main() -> None:
     for name, r in tail.items():
         print(f"long tail {name:>10}: {r['tokens_per_s']:6.1f} tokens/s, {r['tokens_per_s'] / plain_tps:.2f}x plain, "
               f"{r['wall_s']:.0f}s")
+    print(f"long tail, paired by round: controller {paired_ratio(tail, 'controller', 'plain'):.2f}x plain, "
+          f"{paired_ratio(tail, 'controller', f'k={best_k}'):.2f}x k={best_k}")
 
     result = {"args": vars(args), "profile": profile.to_dict(), "schedule": controller.schedule(max(sizes)),
               "by_batch_size": by_batch,
               "long_tail": {"best_static_k": best_k, "runs": tail, "plain_time_share_at_batch_le_8": share,
                             "controller_over_plain": tail["controller"]["tokens_per_s"] / plain_tps,
-                            "controller_over_best_static": tail["controller"]["tokens_per_s"] / tail[f"k={best_k}"]["tokens_per_s"]},
+                            "controller_over_best_static": tail["controller"]["tokens_per_s"] / tail[f"k={best_k}"]["tokens_per_s"],
+                            "paired": {
+                                "controller_over_plain": paired_ratio(tail, "controller", "plain"),
+                                "controller_over_best_static": paired_ratio(tail, "controller", f"k={best_k}")}},
               "controller_state": controller.state_dict()}
     out = Path(args.out)
     write_json_atomic(out, result)

@@ -27,6 +27,7 @@ from respec_verl.spec import (
     profile_step_costs,
 )
 from respec_verl.spec.controller import MIN_PROBE_INTERVAL
+from respec_verl.spec import engine_profile as engine_profile_module
 from respec_verl.spec.engine_profile import engine_step_times, profile_engine_steps
 from respec_verl.spec.step_table import monotone_grid, non_decreasing
 from tests.conftest import tiny_llama
@@ -704,6 +705,35 @@ def test_engine_step_profile_is_complete_and_drives_the_controller(tmp_path):
     profile.save(tmp_path / "p.json")
     assert StepCostProfile.load(tmp_path / "p.json", profile.key) == profile
     assert AdaptiveController(profile).choose_k(2) in range(3)
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_profile_rounds_put_a_drifting_machine_into_every_k_alike(monkeypatch, rounds):
+    """Each timing call runs 10% slower than the one before (a machine slowing down); with two rounds,
+    the second in reverse k order, every k of a batch size meets the same mean drift, so the ratios
+    between ks are the true ones; one round times the later ks slower and puts them out of scale."""
+    calls = []
+    true = {0: 1.0, 1: 1.2, 2: 1.5}
+
+    def drifting(engine, prompts, k, steps, warmup_steps):
+        calls.append((len(prompts), k))
+        return [true[k] * len(prompts) * (1.0 + 0.1 * len(calls))] * steps
+
+    monkeypatch.setattr(engine_profile_module, "engine_step_times", drifting)
+    target = tiny_llama(layers=2, hidden=32)
+    profile = profile_engine_steps(target, self_draft(target, 1), [1, 4], [1, 2], context_len=8, steps=2,
+                                   progress=False, rounds=rounds)
+    assert len(calls) == rounds * 2 * 3
+    if rounds == 2:
+        assert calls[6:9] == [(1, 2), (1, 1), (1, 0)]  # the second round walks the ks backwards
+    ratios = [profile.engine_s[(8, b, k)] / profile.decode_s[(8, b)] for b in (1, 4) for k in (1, 2)]
+    expected = [true[k] for _ in (1, 4) for k in (1, 2)]
+    if rounds == 2:
+        assert ratios == pytest.approx(expected)
+    else:
+        assert all(r > e * 1.05 for r, e in zip(ratios, expected))
+    with pytest.raises(ValueError, match="rounds"):
+        profile_engine_steps(target, self_draft(target, 1), [1], [1], progress=False, rounds=0)
 
 
 def test_engine_step_times_count_only_steps_at_the_full_k_and_batch():

@@ -7,6 +7,10 @@ speculative step at batch 16 at 1.5 decode steps where the engine took 2.0, and 
 kept speculating where it lost (docs/results.md section 2). This profiler runs `SpeculativeEngine`
 itself at each (batch size, k), plain steps through the same loop with the drafter present, and
 records the median wall time of the steps after a warm-up: the numbers the controller predicts.
+With `rounds` > 1 the whole grid is walked that many times, the order of the ks reversed every
+other round, and each cell's median is taken over all its rounds: a machine whose speed drifts
+over minutes (this CPU's does by 10-25%) then puts the drift into every k of a batch size alike,
+instead of into whichever k was timed during a slow spell, where it would put the ks out of order.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def profile_engine_steps(
     key: ProfileKey | None = None,
     seed: int = 0,
     prompts: Sequence[Sequence[int]] | None = None,
+    rounds: int = 1,
 ) -> StepCostProfile:
     """Median engine step time per (batch size, k), k = 0 included.
 
@@ -67,24 +72,33 @@ def profile_engine_steps(
     drafter's catch-up belong to a switch, not to a step at k.
     """
     check_grid(batch_sizes, ks)
-    if context_len < 1 or steps < 1 or warmup_steps < 1:
-        raise ValueError(f"profile context_len, steps and warmup_steps must be >= 1, got {context_len}, {steps}, {warmup_steps}")
+    if context_len < 1 or steps < 1 or warmup_steps < 1 or rounds < 1:
+        raise ValueError(
+            "profile context_len, steps, warmup_steps and rounds must be >= 1, "
+            f"got {context_len}, {steps}, {warmup_steps}, {rounds}"
+        )
     vocab = int(target.get_output_embeddings().weight.shape[0])
     generator = torch.Generator().manual_seed(seed)
     engine = SpeculativeEngine(target, drafter)
     profile = StepCostProfile(key or ProfileKey.of(target, drafter))
-    with tqdm(total=len(batch_sizes) * (1 + len(ks)), desc="profiling engine steps", disable=not progress) as bar:
-        for b in batch_sizes:
-            if prompts:
-                batch = [list(prompts[i % len(prompts)]) for i in range(b)]
-            else:
-                batch = torch.randint(vocab, (b, context_len), generator=generator).tolist()
-            for k in (0, *ks):
-                bar.set_postfix(batch_size=b, k=k)
-                median = statistics.median(engine_step_times(engine, batch, k, steps, warmup_steps))
-                if k == 0:
-                    profile.decode_s[(context_len, b)] = median
-                else:
-                    profile.engine_s[(context_len, b, k)] = median
-                bar.update()
+    batches = {}
+    for b in batch_sizes:
+        if prompts:
+            batches[b] = [list(prompts[i % len(prompts)]) for i in range(b)]
+        else:
+            batches[b] = torch.randint(vocab, (b, context_len), generator=generator).tolist()
+    times: dict[tuple[int, int], list[float]] = {(b, k): [] for b in batch_sizes for k in (0, *ks)}
+    total = rounds * len(batch_sizes) * (1 + len(ks))
+    with tqdm(total=total, desc="profiling engine steps", disable=not progress) as bar:
+        for round_ in range(rounds):
+            for b in batch_sizes:
+                for k in (0, *ks) if round_ % 2 == 0 else (*ks[::-1], 0):
+                    bar.set_postfix(round=round_ + 1, batch_size=b, k=k)
+                    times[(b, k)] += engine_step_times(engine, batches[b], k, steps, warmup_steps)
+                    bar.update()
+    for (b, k), cell in times.items():
+        if k == 0:
+            profile.decode_s[(context_len, b)] = statistics.median(cell)
+        else:
+            profile.engine_s[(context_len, b, k)] = statistics.median(cell)
     return profile
