@@ -28,6 +28,7 @@ from respec_verl.spec import (
 )
 from respec_verl.spec.controller import MIN_PROBE_INTERVAL
 from respec_verl.spec import engine_profile as engine_profile_module
+from respec_verl.spec.calibration import DRIFT_GAIN
 from respec_verl.spec.engine_profile import engine_step_times, profile_engine_steps
 from respec_verl.spec.step_table import monotone_grid, non_decreasing
 from tests.conftest import tiny_llama
@@ -338,8 +339,10 @@ def test_calibration_skips_warm_up_catch_up_and_unusable_times():
     cal.observe(1, 1.5, 1.0)
     cal.observe(1, 1000.0, 1.0)  # a stall: one step moves the ratio by a factor 2 at most
     assert cal.ratio(1) == pytest.approx(3.0)
-    cal.observe(1, 1.5, 1.0)  # and the next step, weighing the past by the decay, takes half of it back
-    assert cal.ratio(1) == pytest.approx(math.sqrt(3.0 * 1.5))
+    # the stall was put down DRIFT_GAIN to the machine and the rest to the cell; the next step takes
+    # the machine's share back in full (its cell was measured a step before) and half the cell's (decay 0.5)
+    cal.observe(1, 1.5, 1.0)
+    assert cal.ratio(1) == pytest.approx(1.5 * 2.0 ** ((1.0 - DRIFT_GAIN) / 2))
 
 
 def test_speculation_must_beat_plain_decoding_by_min_gain():
@@ -923,3 +926,42 @@ def test_a_speculative_ratio_borrowed_into_a_bucket_is_at_least_its_measured_pla
     assert cal.ratio(3, 8) == pytest.approx(0.75)  # a bucket with no plain evidence: the shared one
     observe_steps(cal, 3, 0.9, 64, 2)
     assert cal.ratio(3, 64) == pytest.approx(0.9)  # measured speculative steps at batch 64 override the floor
+
+
+def test_cells_learnt_at_different_machine_speeds_stay_comparable():
+    """k = 1 costs 1.3x its profile and plain 1.0x; then the whole machine slows by 1.4 while only plain
+    runs. Kept per cell, plain's ratio would take all of the slowdown and k = 1's none, so k = 1
+    would look cheaper than plain (1.3 / 1.4); net of the drift it stays the dearer of the two."""
+    cal = StepTimeCalibration(decay=0.8)
+    for k, ratio in ((1, 1.3), (0, 1.0), (1, 1.3), (0, 1.0)):
+        observe_steps(cal, k, ratio, 16, 6)  # each k's first step, and k = 1's after plain, are skipped
+    assert cal.ratio(1, 16) / cal.ratio(0, 16) == pytest.approx(1.3)
+    observe_steps(cal, 0, 1.4, 16, 40)  # then the machine 1.4x slower, seen only on the plain steps it runs
+    assert cal.ratio(0, 16) == pytest.approx(1.4, rel=0.01)  # the step it runs is predicted as measured
+    assert cal.ratio(1, 16) > 1.3 * 1.2  # most of the slowdown carried over to the k it does not run
+    assert 1.1 < cal.ratio(1, 16) / cal.ratio(0, 16) <= 1.3
+    observe_steps(cal, 1, 1.3 * 1.4, 16, 6)  # k = 1 measured again at the slow speed: it learns the rest
+    assert cal.ratio(1, 16) / cal.ratio(0, 16) == pytest.approx(1.3, rel=0.05)
+    restored = StepTimeCalibration(decay=0.8)
+    restored.load_state_dict(json.loads(json.dumps(cal.state_dict())))
+    assert restored.drift == cal.drift != 0.0 and restored.ratio(1, 16) == cal.ratio(1, 16)
+
+
+def test_a_machine_wide_slowdown_during_plain_steps_does_not_switch_speculation_on():
+    profile = synthetic_profile(roofline)
+    config = ControllerConfig(prior_acceptance=0.7, probe_interval=0)
+    truth = AdaptiveController(profile, dataclasses.replace(config, calibration_decay=0.0))
+
+    def margin(b: int) -> float:  # how much dearer plain may look before speculation wins
+        return truth.score(b, 0) / max(truth.score(b, k) for k in range(1, 5))
+
+    batch = next(b for b in range(64, 0, -1) if 1.15 < margin(b) < 1.35)
+    best = max(range(1, 5), key=lambda k: truth.score(batch, k))
+    controller = AdaptiveController(profile, config)
+    rng = random.Random(0)
+    for k in (best,) * 6 + (0,) * 6:  # both measured as profiled at this batch size
+        controller.observe(timed_record(rng, profile, batch, k, 1.0, 1.0))
+    assert controller.best_k(batch) == 0
+    for _ in range(40):  # then every step 1.4x slower, plain decoding the only one running
+        controller.observe(timed_record(rng, profile, batch, 0, 1.4, 1.4))
+    assert controller.best_k(batch) == 0

@@ -6,7 +6,9 @@ more so for a speculative step than for a plain one, and differently at each bat
 profile of whole engine steps drifts (context growth, other load). Deciding on uncorrected costs
 keeps speculation on where it loses, so the controller scales each profiled cost by the
 measured/predicted ratio of recent engine steps at the same k, per batch-size bucket where that
-bucket has been measured.
+bucket has been measured. This machine's speed also drifts by 10-25% over minutes, and a cell
+learnt during a slow spell would look dear beside one learnt during a fast one, so the cells are
+kept net of a running machine-wide drift factor (`StepTimeCalibration`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 
 MAX_FIRST_RATIO = 10.0  # a first measurement sets a ratio within [1/10, 10]
 MAX_MOVE = 2.0  # each later one moves it by at most this factor, so a stall is one bounded blip
+DRIFT_GAIN = 0.3  # the share of a step's error against its own cell that is put down to the machine
 
 
 def batch_bucket(batch_size: int) -> int:
@@ -42,6 +45,18 @@ class StepTimeCalibration:
     instance (allocator growth, lazy initialisation), a speculative step right after a plain one
     (it also pays the drafter's catch-up over the queued tokens, a once-per-switch cost the
     controller does not model), and steps without a usable time. decay = 0 disables calibration.
+
+    Drift: every ratio is the product of a machine-wide factor and the cell's own, relative one. A
+    step measured where its cell has evidence of its own puts `DRIFT_GAIN` of its (log) error
+    against that cell down to the machine, which moves every cell's ratio alike, and the rest to
+    the cell; that share shrinks by `decay` per step since the cell was last measured, since the
+    error of a cell left alone for long is mostly its own staleness (a probe after a spell of
+    contention), and the error of one measured a step ago is news about the machine. A machine
+    that slows while the controller runs one k then makes the ks it is not running dearer with it,
+    instead of leaving them at their old, now too cheap, cost beside it (which would switch k on a
+    slowdown of every step); a common factor does not change a decision.
+    A step whose cell has no evidence yet teaches only that cell: its error is the cell's unknown
+    relative cost, not drift.
     """
 
     def __init__(self, decay: float = 0.8):
@@ -52,6 +67,7 @@ class StepTimeCalibration:
         self.updated_at: dict[int, int] = {}  # the step count at each k's last update
         self.local: dict[tuple[int, int], float] = {}  # per (batch bucket, k)
         self.local_updated_at: dict[tuple[int, int], int] = {}
+        self.drift = 0.0  # log of the machine-wide factor on every ratio
         self.steps = 0  # engine steps observed
         self._seen: set[int] = set()  # ks already stepped: warm-up belongs to this process, not a checkpoint
         self._last_k: int | None = None
@@ -71,9 +87,27 @@ class StepTimeCalibration:
         if not self.enabled or first or catch_up or not (_usable(measured_s) and _usable(predicted_s)):
             return
         log_ratio = math.log(measured_s / predicted_s)
-        _update(self.log_ratio, self.updated_at, k, log_ratio, self.steps, self.decay)
+        own = self._own(k, batch_size)
+        drift_move = 0.0
+        if own is not None:
+            own_value, age = own
+            gain = DRIFT_GAIN * self.decay ** (age - 1)  # a cell left alone for long errs by its own staleness
+            bound = math.log(MAX_MOVE)
+            drift_move = gain * min(max(log_ratio - (self.drift + own_value), -bound), bound)
+            self.drift += drift_move
+        bound = math.log(MAX_MOVE) - abs(drift_move)  # the ratio moves by at most MAX_MOVE in all
+        relative = log_ratio - self.drift
+        _update(self.log_ratio, self.updated_at, k, relative, self.steps, self.decay, bound)
         if batch_size is not None:
-            _update(self.local, self.local_updated_at, (batch_bucket(batch_size), k), log_ratio, self.steps, self.decay)
+            cell = (batch_bucket(batch_size), k)
+            _update(self.local, self.local_updated_at, cell, relative, self.steps, self.decay, bound)
+
+    def _own(self, k: int, batch_size: int | None) -> tuple[float, int] | None:
+        """The observed cell's own relative log ratio and its age in steps, None where it has no evidence yet."""
+        if batch_size is None:
+            return (self.log_ratio[k], self.steps - self.updated_at[k]) if k in self.log_ratio else None
+        cell = (batch_bucket(batch_size), k)
+        return (self.local[cell], self.steps - self.local_updated_at[cell]) if cell in self.local else None
 
     def ratio(self, k: int, batch_size: int | None = None) -> float:
         """The factor on the profile's step time at k (and `batch_size`); 1 before any evidence.
@@ -96,17 +130,21 @@ class StepTimeCalibration:
         """
         if not self.enabled:
             return 1.0
+        return math.exp(self.drift + self._relative(k, batch_size))
+
+    def _relative(self, k: int, batch_size: int | None) -> float:
+        """The log ratio at k net of the machine's drift, by the rules of `ratio`."""
         if batch_size is None:
-            return math.exp(self._shared(k))
+            return self._shared(k)
         bucket = batch_bucket(batch_size)
         if (bucket, k) in self.local:
-            return math.exp(self.local[(bucket, k)])
+            return self.local[(bucket, k)]
         if k == 0:
             here = [v for (b, j), v in self.local.items() if b == bucket and j > 0]
-            return math.exp(min([self._shared(0), *here]))
+            return min([self._shared(0), *here])
         if (bucket, 0) in self.local:
-            return math.exp(max(self._shared(k), self.local[(bucket, 0)]))
-        return math.exp(self._shared(k))
+            return max(self._shared(k), self.local[(bucket, 0)])
+        return self._shared(k)
 
     def _shared(self, k: int) -> float:
         """The log ratio at k shared across batch sizes (see `ratio`)."""
@@ -117,17 +155,19 @@ class StepTimeCalibration:
             return self.log_ratio.get(0, 0.0)
         return self.log_ratio[min(measured, key=lambda j: (abs(j - k), j))]
 
-    def state_dict(self) -> dict[str, dict[str, float]]:
-        """Ratios and their ages in steps, keyed by "k" and "bucket:k" so a JSON round trip is exact."""
+    def state_dict(self) -> dict:
+        """Drift, ratios and their ages in steps, keyed by "k" and "bucket:k" so a JSON round trip is exact."""
         return {
+            "drift": self.drift,
             "log_ratio": {str(k): v for k, v in sorted(self.log_ratio.items())},
             "age": {str(k): self.steps - self.updated_at[k] for k in sorted(self.log_ratio)},
             "local": {f"{b}:{k}": v for (b, k), v in sorted(self.local.items())},
             "local_age": {f"{b}:{k}": self.steps - self.local_updated_at[(b, k)] for b, k in sorted(self.local)},
         }
 
-    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
-        """Restore `state_dict()`; a state saved before the per-bucket cells existed has none."""
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`; a state saved before the per-bucket cells (or the drift) existed has none."""
+        self.drift = float(state.get("drift", 0.0))
         self.log_ratio = {int(k): float(v) for k, v in state["log_ratio"].items()}
         age = state.get("age", {})
         self.steps = 0
@@ -138,15 +178,14 @@ class StepTimeCalibration:
         self.local_updated_at = {cell: -int(local_age.get(key, 0)) for cell, (key, _) in cells.items()}
 
 
-def _update(table: dict, updated_at: dict, key, log_ratio: float, steps: int, decay: float) -> None:
-    """Move `table[key]` toward `log_ratio`: weight decay ** (steps since its last update) on the past."""
+def _update(table: dict, updated_at: dict, key, log_ratio: float, steps: int, decay: float, bound: float) -> None:
+    """Move `table[key]` toward `log_ratio` by at most `bound`; weight on the past: decay ** (steps since)."""
     if key not in table:
         bound = math.log(MAX_FIRST_RATIO)
         new = min(max(log_ratio, -bound), bound)
     else:
         old = table[key]
         weight = decay ** (steps - updated_at[key])
-        bound = math.log(MAX_MOVE)
         new = old + min(max((1.0 - weight) * (log_ratio - old), -bound), bound)
     table[key] = new
     updated_at[key] = steps
