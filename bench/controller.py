@@ -71,8 +71,8 @@ def repeated(engines: dict[str, SpeculativeEngine], prompts, params, repeats: in
              max_repeats: int = 30) -> dict[str, dict]:
     """Each engine in rounds, the order rotated every round; per engine the run with the median tokens/s.
 
-    At least `repeats` rounds, more (up to `max_repeats`) until each engine has run about
-    `min_seconds` in all, judged by the first round: a batch of one runs for about a second, and a
+    At least `repeats` rounds, more (up to `max_repeats`) until the slowest engine of the first
+    round has run about `min_seconds` in all (the others, as many rounds, a little less): a batch of one runs for about a second, and a
     handful of such runs is noisier than the differences between ks. The median run is kept whole
     (its steps and acceptance), with every round's tokens/s beside it, in round order.
     """
@@ -102,7 +102,8 @@ def paired_ratio(runs: dict[str, dict], name: str, baseline: str) -> float:
     The rounds run one after the other, and this machine's speed drifts between them by more than
     the differences measured; a ratio within a round cancels the drift that a ratio of medians keeps.
     """
-    return statistics.median(a / b for a, b in zip(runs[name]["tokens_per_s_runs"], runs[baseline]["tokens_per_s_runs"]))
+    pairs = zip(runs[name]["tokens_per_s_runs"], runs[baseline]["tokens_per_s_runs"])
+    return statistics.median(a / b for a, b in pairs)
 
 
 def tail_share(run: dict, small_batch: int = 8) -> float:
@@ -149,9 +150,10 @@ def main() -> None:
                         help="share of long-answer requests in the long-tail rollout (0.0625: about 4 stragglers of 64)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per configuration and batch size (median kept)")
     parser.add_argument("--profile-rounds", type=int, default=1,
-                        help="passes over the profile's grid, the ks' order reversed every other pass (median over all)")
+                        help="passes over the profile's grid, the ks' order reversed every other pass "
+                             "(median over all)")
     parser.add_argument("--min-seconds", type=float, default=0.0,
-                        help="more runs at a batch size until each configuration has run about this long")
+                        help="more runs at a batch size until its slowest configuration has run about this long")
     parser.add_argument("--tail-repeats", type=int, default=2, help="runs per configuration of the long-tail rollout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/controller.json")
@@ -223,7 +225,8 @@ def main() -> None:
               "by_batch_size": by_batch,
               "long_tail": {"best_static_k": best_k, "runs": tail, "plain_time_share_at_batch_le_8": share,
                             "controller_over_plain": tail["controller"]["tokens_per_s"] / plain_tps,
-                            "controller_over_best_static": tail["controller"]["tokens_per_s"] / tail[f"k={best_k}"]["tokens_per_s"],
+                            "controller_over_best_static":
+                                tail["controller"]["tokens_per_s"] / tail[f"k={best_k}"]["tokens_per_s"],
                             "paired": {
                                 "controller_over_plain": paired_ratio(tail, "controller", "plain"),
                                 "controller_over_best_static": paired_ratio(tail, "controller", f"k={best_k}")}},

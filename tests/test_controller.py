@@ -945,6 +945,7 @@ def test_cells_learnt_at_different_machine_speeds_stay_comparable():
     restored = StepTimeCalibration(decay=0.8)
     restored.load_state_dict(json.loads(json.dumps(cal.state_dict())))
     assert restored.drift == cal.drift != 0.0 and restored.ratio(1, 16) == cal.ratio(1, 16)
+    assert restored.state_dict() == cal.state_dict()  # drift, cells and their ages
 
 
 def test_a_machine_wide_slowdown_during_plain_steps_does_not_switch_speculation_on():

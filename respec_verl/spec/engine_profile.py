@@ -61,7 +61,8 @@ def profile_engine_steps(
     prompts: Sequence[Sequence[int]] | None = None,
     rounds: int = 1,
 ) -> StepCostProfile:
-    """Median engine step time per (batch size, k), k = 0 included.
+    """Median engine step time per (batch size, k), k = 0 included, over the steps of all `rounds`
+    passes over the grid (the ks reversed in every other pass).
 
     `prompts`: the workload's own prompts (cycled to fill a batch), so that acceptance, and with it
     what a step costs (rows that accept different numbers of drafts leave holes in the KV cache,
