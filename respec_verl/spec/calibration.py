@@ -41,8 +41,8 @@ class StepTimeCalibration:
     the past is decay ** (engine steps since k was last measured): consecutive steps at k average
     with weight `decay` in the cell, while a cell left alone for long (speculation off, seen only at
     a probe) gives way to the next measurement instead of keeping the controller off on old
-    evidence. Each measurement moves the ratio by at most a factor `MAX_MOVE`. Skipped: the first step at each k seen by this
-    instance (allocator growth, lazy initialisation), a speculative step right after a plain one
+    evidence. Each measurement moves the ratio by at most a factor `MAX_MOVE`. Skipped: the first
+    step at each k seen by this instance (allocator growth, lazy initialisation), a speculative step right after a plain one
     (it also pays the drafter's catch-up over the queued tokens, a once-per-switch cost the
     controller does not model), and steps without a usable time. decay = 0 disables calibration.
 
@@ -53,9 +53,9 @@ class StepTimeCalibration:
     the drift takes 0.3 and the cell 0.14 of the error, so about two thirds of what a run of steps
     at one k learns reaches every k, and the ratio of the k running moves 0.44 of its error per step
     where it moved 0.2 before the drift); the drift's part shrinks by `decay` per step since the cell
-    was last measured, since the
-    error of a cell left alone for long is mostly its own staleness (a probe after a spell of
-    contention), and the error of one measured a step ago is news about the machine. A machine
+    was last measured, since the error of a cell left alone for long is mostly its own staleness (a
+    probe after a spell of contention), and the error of one measured a step ago is news about the
+    machine. A machine
     that slows while the controller runs one k then makes the ks it is not running dearer with it,
     instead of leaving them at their old, now too cheap, cost beside it (which would switch k on a
     slowdown of every step); a common factor does not change a decision.
