@@ -44,7 +44,8 @@ class StepTimeCalibration:
     evidence. Each measurement moves the ratio by at most a factor `MAX_MOVE`. Skipped: the first
     step at each k seen by this instance (allocator growth, lazy initialisation), a speculative
     step right after a plain one (it also pays the drafter's catch-up over the queued tokens, a
-    once-per-switch cost the controller does not model), and steps without a usable time. decay = 0 disables calibration.
+    once-per-switch cost the controller does not model), and steps without a usable time.
+    decay = 0 disables calibration.
 
     Drift: every ratio is the product of a machine-wide factor and the cell's own, relative one. A
     step measured where its cell has evidence of its own puts `DRIFT_GAIN` of its (log) error
