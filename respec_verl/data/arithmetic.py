@@ -9,6 +9,11 @@ an operand. Base success rate of SmolLM2-135M-Instruct (fp32, 64 problems with o
 new tokens): greedy 0.89; sampled at temperature 0.6 (the demo's rollouts) 0.50, with 73% of groups
 of 4 holding a right and a wrong answer; at temperature 1, 0.19-0.23. Scored by the first integer,
 the same answers succeed 0.00 (greedy) and 0.04 (sampled at 1).
+
+The `sentence` form asks for a fixed reply, "The sum of a and b is c.", and scores only that reply
+(with the right sum, nothing before or after). The base model follows it now and then and otherwise
+talks around the sum, so learning it changes the form of the answers, not just their correctness:
+`bench/form_shift.py` uses it to bound how stale a drafter distilled before the change can get.
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ import random
 import re
 from dataclasses import dataclass
 
-QUESTION = "What is {a} + {b}? Reply with just the number."
+QUESTIONS = {
+    "number": "What is {a} + {b}? Reply with just the number.",
+    "sentence": "What is {a} + {b}? Reply in the form: The sum of {a} and {b} is <number>.",
+}
+QUESTION = QUESTIONS["number"]
+FORMS = tuple(QUESTIONS)
 _INT = re.compile(r"-?\d+")
 
 
@@ -25,24 +35,44 @@ _INT = re.compile(r"-?\d+")
 class AdditionProblem:
     a: int
     b: int
+    form: str = "number"  # one of FORMS: what the question asks the reply to look like
+
+    def __post_init__(self):
+        check_form(self.form)
 
     @property
     def question(self) -> str:
-        return QUESTION.format(a=self.a, b=self.b)
+        return QUESTIONS[self.form].format(a=self.a, b=self.b)
 
     @property
     def answer(self) -> int:
         return self.a + self.b
 
 
-def make_problems(n: int, seed: int, max_operand: int = 9) -> list[AdditionProblem]:
+def check_form(form: str) -> str:
+    if form not in QUESTIONS:
+        raise ValueError(f"task form = {form!r} is not valid; allowed: {', '.join(FORMS)}")
+    return form
+
+
+def make_problems(n: int, seed: int, max_operand: int = 9, form: str = "number") -> list[AdditionProblem]:
+    """`n` problems drawn with `seed`; the same seed draws the same sums in every form."""
+    check_form(form)
     rng = random.Random(seed)
-    return [AdditionProblem(rng.randint(1, max_operand), rng.randint(1, max_operand)) for _ in range(n)]
+    return [AdditionProblem(rng.randint(1, max_operand), rng.randint(1, max_operand), form) for _ in range(n)]
 
 
 def score(problem: AdditionProblem, response_text: str) -> float:
-    """1.0 when the last integer in the response is the sum, else 0.0."""
+    """The problem's form's score: 1.0 for a right answer, else 0.0."""
+    if problem.form == "sentence":
+        return score_sentence(problem.a, problem.b, response_text)
     return score_answer(problem.answer, response_text)
+
+
+def score_sentence(a: int, b: int, response_text: str) -> float:
+    """1.0 when the whole response is "The sum of a and b is a+b." (final period optional), else 0.0."""
+    sentence = rf"\s*The sum of {a} and {b} is {a + b}\.?\s*"
+    return float(re.fullmatch(sentence, response_text) is not None)
 
 
 def score_answer(answer: int, response_text: str) -> float:
