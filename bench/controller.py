@@ -72,9 +72,10 @@ def repeated(engines: dict[str, SpeculativeEngine], prompts, params, repeats: in
     """Each engine in rounds, the order rotated every round; per engine the run with the median tokens/s.
 
     At least `repeats` rounds, more (up to `max_repeats`) until the slowest engine of the first
-    round has run about `min_seconds` in all (the others, as many rounds, a little less): a batch of one runs for about a second, and a
-    handful of such runs is noisier than the differences between ks. The median run is kept whole
-    (its steps and acceptance), with every round's tokens/s beside it, in round order.
+    round has run about `min_seconds` in all (the others, as many rounds, a little less): a batch
+    of one runs for about a second, and a handful of such runs is noisier than the differences
+    between ks. The median run is kept whole (its steps and acceptance), with every round's tokens/s
+    beside it, in round order.
     """
     names = list(engines)
     runs: dict[str, list[dict]] = {name: [] for name in names}

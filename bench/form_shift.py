@@ -4,8 +4,9 @@
 frozen drafter goes stale only on a degenerating actor. This bench measures the most a healthy
 change of form can do instead. The task's `sentence` form asks for one fixed reply, "The sum of a
 and b is c.", which SmolLM2-135M-Instruct gives now and then and otherwise talks around. Here the
-actor is taught that reply outright by supervised fine-tuning, further than GRPO would move it
-in 50 steps. At each fine-tuning checkpoint the bench measures, on held-out problems:
+actor is taught that reply outright by supervised fine-tuning, to where a healthy GRPO run on
+this task would converge: every answer in the form. At each fine-tuning checkpoint the bench
+measures, on held-out problems:
 
 - form: the share of sampled answers that are exactly the required reply (`score_sentence`);
 - frozen: the acceptance length of the self-draft distilled on the base actor (the demo's warm-up
@@ -29,14 +30,10 @@ from typing import Sequence
 
 import torch
 
-from respec_verl.data.arithmetic import AdditionProblem, make_problems, score
+from respec_verl.data.arithmetic import make_problems, score, sentence_reply
 from respec_verl.demo import WARMUP_QUESTIONS, DemoJob
 from respec_verl.json_file import write_json_atomic
 from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
-
-
-def required_reply(problem: AdditionProblem) -> str:
-    return f"The sum of {problem.a} and {problem.b} is {problem.answer}."
 
 
 def reply_ids(tokenizer, prompt: Sequence[int], question: str, reply: str, stops: Sequence[int]) -> list[int]:
@@ -151,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     train = []
     for problem in make_problems(64, args.seed + 30_000, form="sentence"):
         prompt = encode_chat(tokenizer, problem.question)
-        train.append((prompt, reply_ids(tokenizer, prompt, problem.question, required_reply(problem), stops)))
+        reply = sentence_reply(problem.a, problem.b)
+        train.append((prompt, reply_ids(tokenizer, prompt, problem.question, reply, stops)))
     problems = make_problems(args.eval_prompts, args.seed + 20_000, form="sentence")
     prompts = [encode_chat(tokenizer, p.question) for p in problems]
 
@@ -176,8 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"after {target:3d} fine-tuning steps: form {form:.2f}, frozen {frozen_len:.2f}, "
               f"oracle {oracle_len:.2f}, oracle/frozen {row['oracle_over_frozen']:.2f}", flush=True)
     # where the frozen drafter loses on the last checkpoint's replies: two-digit sums, so every reply has one length
-    tail = [(encode_chat(tokenizer, p.question), p) for p in problems if p.answer >= 10]
-    examples = [(prompt, reply_ids(tokenizer, prompt, p.question, required_reply(p), stops)) for prompt, p in tail]
+    examples = [(prompt, reply_ids(tokenizer, prompt, p.question, sentence_reply(p.a, p.b), stops))
+                for prompt, p in zip(prompts, problems) if p.answer >= 10]
     drafters = {"frozen": frozen, "oracle": frozen if done == 0 else load_drafter_dir(work / f"oracle_step_{done}")}
     positions = {"tokens": tokenizer.convert_ids_to_tokens(examples[0][1])} if examples else {}
     for name, drafter in drafters.items() if examples else ():

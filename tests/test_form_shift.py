@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from respec_verl.data.arithmetic import AdditionProblem
+from respec_verl.data.arithmetic import AdditionProblem, sentence_reply
 
 from .conftest import tiny_llama
 
@@ -28,7 +28,7 @@ def test_the_taught_reply_is_the_template_s_assistant_turn_ending_on_a_stop_toke
     problem = AdditionProblem(4, 9, form="sentence")
     prompt = encode_chat(tokenizer, problem.question)
     stops = stop_token_ids(tokenizer, model)
-    reply = form_shift.reply_ids(tokenizer, prompt, problem.question, form_shift.required_reply(problem), stops)
+    reply = form_shift.reply_ids(tokenizer, prompt, problem.question, sentence_reply(problem.a, problem.b), stops)
     assert reply[-1] in stops and not any(t in stops for t in reply[:-1])
     assert tokenizer.decode(reply, skip_special_tokens=True) == "The sum of 4 and 9 is 13."
     assert tokenizer.decode(reply[-1:]) == "<|im_end|>"  # what the chat model ends a turn with

@@ -69,9 +69,14 @@ def score(problem: AdditionProblem, response_text: str) -> float:
     return score_answer(problem.answer, response_text)
 
 
+def sentence_reply(a: int, b: int) -> str:
+    """The reply the `sentence` form asks for."""
+    return f"The sum of {a} and {b} is {a + b}."
+
+
 def score_sentence(a: int, b: int, response_text: str) -> float:
-    """1.0 when the whole response is "The sum of a and b is a+b." (final period optional), else 0.0."""
-    sentence = rf"\s*The sum of {a} and {b} is {a + b}\.?\s*"
+    """1.0 when the whole response is `sentence_reply(a, b)` (final period optional), else 0.0."""
+    sentence = rf"\s*{re.escape(sentence_reply(a, b).removesuffix('.'))}\.?\s*"
     return float(re.fullmatch(sentence, response_text) is not None)
 
 
