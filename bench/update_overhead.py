@@ -3,8 +3,13 @@
 The demo's RL job (`respec-verl demo`: verl's `main_ppo`, our GRPO recipe, SmolLM2-135M-Instruct,
 speculative vLLM rollouts with the warmed-up self-draft) runs once per mode and round:
 
-- async: the drafter update overlapped with the actor update (the default);
-- sync: `actor_rollout_ref.respec.evolution.async_update=false`, after it;
+- async: the drafter update overlapped with the actor update (the default: `evolution.overlap`
+  `actor_update`, its forward in bfloat16);
+- async-fp32: the same with `evolution.compute_dtype=float32` (the default before 2026-12-04);
+- rollout: `evolution.overlap=rollout`, started after the actor update and run on through the
+  weight sync and the next rollout;
+- serial: `evolution.overlap=none`, the async update's labels, trained right after the actor update;
+- sync: `actor_rollout_ref.respec.evolution.async_update=false`, after it, on the updated actor's labels;
 - off: `actor_rollout_ref.respec.evolution.interval=0`, never updated (speculation still on).
 
 Rounds alternate the order (async, sync, off, then off, sync, async, ...), so a machine that
@@ -30,13 +35,17 @@ from pathlib import Path
 from respec_verl.demo import DemoJob, run_job
 from respec_verl.json_file import write_json_atomic
 
+EVOLUTION = "actor_rollout_ref.respec.evolution"
 MODES = {
     "async": [],
-    "sync": ["actor_rollout_ref.respec.evolution.async_update=false"],
-    "off": ["actor_rollout_ref.respec.evolution.interval=0"],
+    "async-fp32": [f"{EVOLUTION}.compute_dtype=float32"],
+    "rollout": [f"{EVOLUTION}.overlap=rollout"],
+    "serial": [f"{EVOLUTION}.overlap=none"],
+    "sync": [f"{EVOLUTION}.async_update=false"],
+    "off": [f"{EVOLUTION}.interval=0"],
 }
 PROFILE = Path("checkpoints/respec/step_costs.json")  # the controller's, measured at a run's start
-PHASES = ("timing_s/step", "timing_s/update_actor", "timing_s/update_weights", "timing_s/gen")
+PHASES = ("timing_s/step", "timing_s/update_actor", "timing_s/update_weights", "timing_s/gen", "timing_s/old_log_prob")
 
 
 def run_order(modes: list[str], rounds: int) -> list[tuple[int, str]]:

@@ -291,6 +291,8 @@ def test_recorded_updates_replay_to_the_same_drafter(tmp_path):
         ("max_loss", math.inf, "finite"),
         ("max_grad_norm", math.nan, "finite"),
         ("record_dir", "", "a folder path"),
+        ("compute_dtype", "float16", "('bfloat16', 'float32')"),
+        ("overlap", "next_step", "('actor_update', 'rollout', 'none')"),
     ],
 )
 def test_config_errors_name_the_full_key_value_and_allowed_values(field, value, allowed):
@@ -349,3 +351,45 @@ def test_a_published_drafter_in_another_dtype_has_its_own_tensors():
     train = {t.data_ptr() for t in learner._train.model.state_dict().values()}
     assert not train & {t.data_ptr() for t in published.model.state_dict().values()}
     assert all(p.dtype == torch.float32 for p in learner._train.model.parameters())  # publishing left it fp32
+
+
+class DtypeRecordingLearner(GatedLearner):
+    """Notes the dtype of the drafter's logits and whether autocast is on, in the thread of its loss."""
+
+    def _loss(self, draft_logits, batch):
+        self.seen = (draft_logits.dtype, torch.is_autocast_enabled("cpu"))
+        return super()._loss(draft_logits, batch)
+
+
+@pytest.mark.parametrize("dtype,logits_dtype", [("bfloat16", torch.bfloat16), ("float32", torch.float32)])
+def test_compute_dtype_sets_the_forward_only_and_only_in_the_update_thread(dtype, logits_dtype):
+    target = tiny_llama(seed=50)
+    prompts, responses, rewards = rollouts(target, 4)
+    config = LearnerConfig(steps_per_update=1, batch_size=4, top_k=0, compute_dtype=dtype)
+    learner = DtypeRecordingLearner(self_draft(target, 1), config, target=target)
+    learner.add_rollouts(prompts, responses, rewards)
+    learner.update(1)
+    assert learner.started.wait(10)
+    assert not torch.is_autocast_enabled("cpu")  # autocast is per thread: the caller's ops stay float32
+    learner.release.set()
+    assert learner.wait()["respec/drafter/update_ok"] == 1.0
+    assert learner.seen == (logits_dtype, dtype == "bfloat16")
+    assert all(p.dtype == torch.float32 for p in learner._train.model.parameters())  # float32 master weights
+    assert all(t.dtype == torch.float32 for state in learner._optimizer.state.values() for t in state.values()
+               if torch.is_tensor(t) and t.dim() > 0)
+    assert next(learner.latest().model.parameters()).dtype == next(target.parameters()).dtype
+
+
+def test_a_bfloat16_update_trains_like_a_float32_one():
+    target = tiny_llama(seed=51, layers=4, init_std=0.1)
+    prompts, responses, rewards = rollouts(target, 8)
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        learner = small_learner(target, compute_dtype=dtype, steps_per_update=6)
+        learner.add_rollouts(prompts, responses, rewards)
+        metrics = learner.update(1)
+        losses[dtype] = (metrics["respec/drafter/loss"], metrics["respec/drafter/loss_last"])
+    assert losses["bfloat16"] != losses["float32"]  # the bfloat16 forward really ran
+    for first, last in losses.values():
+        assert last < first  # both learn
+    assert losses["bfloat16"][1] == pytest.approx(losses["float32"][1], rel=0.05)

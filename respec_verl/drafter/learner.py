@@ -260,8 +260,9 @@ class DrafterLearner:
         model = self._train.model
         model.train()
         try:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            loss = self._loss(logits, batch)
+            with self._autocast():
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                loss = self._loss(logits, batch)  # the loss takes its log-softmax in float32
             value = float(loss.detach())
             if not math.isfinite(value) or value > self.config.max_loss:
                 raise _Rejected(f"loss {value:.4g} at optimizer step {step} (max_loss {self.config.max_loss:g})")
@@ -276,6 +277,13 @@ class DrafterLearner:
             self._optimizer.zero_grad(set_to_none=True)
             model.eval()
         return value, norm
+
+    def _autocast(self) -> torch.autocast:
+        """The forward pass's mixed precision (`compute_dtype`); autocast is per thread, so an async
+        update's never reaches the actor update it overlaps."""
+        device = next(self._train.model.parameters()).device.type
+        enabled = self.config.compute_dtype != "float32"
+        return torch.autocast(device, dtype=getattr(torch, self.config.compute_dtype), enabled=enabled)
 
     def _loss(self, draft_logits: torch.Tensor, batch: KDBatch) -> torch.Tensor:
         """The training objective (a hook, so tests can slow it down or break it on purpose)."""

@@ -9,6 +9,8 @@ from typing import Any
 from respec_verl.drafter.kd_loss import AGGREGATIONS, WEIGHTINGS
 
 CONFIG_KEY = "actor_rollout_ref.respec.evolution"
+COMPUTE_DTYPES = ("bfloat16", "float32")
+OVERLAPS = ("actor_update", "rollout", "none")
 
 
 @dataclass
@@ -26,6 +28,17 @@ class LearnerConfig:
     `record_dir`: a folder where every finished update writes the rollouts it trained on, with
     their scores and the actor's labels (`recording.py`), so that other drafter policies can be
     replayed on the same actor trajectory offline (`bench/evolution.py`); None records nothing.
+    `compute_dtype`: the dtype of the update's forward pass (autocast; the weights, gradients and
+    optimizer state stay float32): "bfloat16" makes the update about 30% cheaper on a CPU with
+    bf16 instructions (`bench/overlap_threads.py`), which matters because on a CPU the async
+    update's cost is not hidden but shared with the actor update it overlaps.
+    `overlap`: what an async update runs beside, in verl's step (the caller decides where it
+    waits; the learner only runs in the background): "actor_update" (ReSpec's overlap; the next
+    rollout gets this step's drafter), "rollout" (it may run on through the weight sync and the
+    next rollout, which then gets the drafter one version older; the next update waits for it),
+    or "none" (right after the actor update, in the foreground: the async labels at a serial
+    update's cost, for hosts where overlapping costs more than it hides, as on the 2-core CPU
+    of `bench/overlap_cost.py`).
     """
 
     interval: int = 1
@@ -44,6 +57,8 @@ class LearnerConfig:
     max_grad_norm: float = 1e3
     seed: int = 0
     record_dir: str | None = None
+    compute_dtype: str = "bfloat16"
+    overlap: str = "actor_update"
 
     def __post_init__(self) -> None:
         for name in ("steps_per_update", "batch_size", "buffer_size"):
@@ -53,6 +68,9 @@ class LearnerConfig:
         _require("interval", self.interval, ok, "an integer >= 0 (0: never update, a frozen drafter)")
         _require("top_k", self.top_k, _is_int(self.top_k) and self.top_k >= 0, "an integer >= 0 (0: dense labels)")
         _require("seed", self.seed, _is_int(self.seed), "an integer")
+        ok = self.compute_dtype in COMPUTE_DTYPES
+        _require("compute_dtype", self.compute_dtype, ok, f"one of {COMPUTE_DTYPES}")
+        _require("overlap", self.overlap, self.overlap in OVERLAPS, f"one of {OVERLAPS}")
         for name in ("lr", "grad_clip", "max_loss", "max_grad_norm"):
             value = getattr(self, name)
             _require(name, value, _is_real(value) and 0 < value < math.inf, "a finite number > 0")

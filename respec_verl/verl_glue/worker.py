@@ -13,8 +13,9 @@ registered methods, each calling verl's:
   actor's that generated the rollouts (captured above; a rollout the pass did not cover, for
   example under verl's bypass mode, gets a forward taken before verl's update), and the drafter
   trains in the background while verl updates the actor (ReSpec's async overlap: the next rollout
-  uses a drafter one actor version behind); without it the labels are the updated actor's and the
-  drafter trains after the actor update. Its metrics ride along with the actor's as
+  uses a drafter one actor version behind; `evolution.overlap` moves it after the actor update or
+  on through the next rollout); without it the labels are the updated actor's and the drafter
+  trains after the actor update. Its metrics ride along with the actor's as
   `respec/drafter/*`, with `respec/drafter/labels_reused`, the share of rollouts labelled from
   verl's pass;
 - `update_weights`: after verl's actor -> vLLM sync, streams the newest drafter to the vLLM
@@ -149,21 +150,26 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
             return super().update_actor(data)
         self._respec_step += 1
         background = self.respec.evolution.async_update
+        overlap = self.respec.evolution.overlap
         reused = 0.0
-        if background:  # labels of the actor that generated these rollouts; train while verl updates it
+        if background:  # labels of the actor that generated these rollouts
             reused = self._respec_add_rollouts(data, self._respec_captured)
-            learner.update(self._respec_step)
+            if overlap == "actor_update":  # train while verl updates the actor
+                learner.update(self._respec_step)
         self._respec_captured = None
         output = super().update_actor(data)
         if background:
-            learner.wait()  # it had the actor update to overlap; what is left of it is this step's cost
+            if overlap != "actor_update":  # the same labels, trained after the actor update, not beside it
+                learner.update(self._respec_step)  # (first waits for the previous update if it still runs)
+            if overlap != "rollout":  # "rollout" lets it run on through the weight sync and the next rollout
+                learner.wait()  # what is left of it is this step's cost
         else:  # labels of the updated actor, then train
             self._respec_add_rollouts(data)
             learner.update(self._respec_step)
         record = self.respec.record
         if record.dir and record.actor_every and self._respec_step % record.actor_every == 0:
             self._respec_save_actor(os.path.join(record.dir, f"actor_step_{self._respec_step}"))
-        finished = learner.metrics  # this step's update
+        finished = learner.metrics  # this step's update (the previous one's while an update runs on)
         if output is not None:
             metrics = output["metrics"] if "metrics" in output.keys() else None
             if isinstance(metrics, dict):
@@ -222,8 +228,9 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
 
         from respec_verl.drafter.drafter_dir import checkpoint_tensors
 
-        self._respec_learner.wait()  # none is in flight after update_actor; this is a guard
-        drafter = self._respec_learner.latest()
+        if self.respec.evolution.overlap != "rollout":
+            self._respec_learner.wait()  # none is in flight after update_actor; this is a guard
+        drafter = self._respec_learner.latest()  # with overlap "rollout", the newest finished one
         if self._respec_pushed == drafter.version:
             return
         # after the first push vLLM holds the tensors no update changes (the frozen embedding: most

@@ -1,0 +1,53 @@
+"""`bench/overlap_cost.py`: its modes and the CPU share it gives a background update (the timings are the benchmark)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from respec_verl.drafter import LearnerConfig, self_draft
+from tests.conftest import tiny_llama
+
+_spec = importlib.util.spec_from_file_location(
+    "overlap_cost", Path(__file__).resolve().parent.parent / "bench" / "overlap_cost.py"
+)
+overlap = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(overlap)
+
+
+def test_modes_parse_into_dtype_threads_and_niceness():
+    assert overlap.parse_mode("drafter/bfloat16") == ("bfloat16", 0, 0)
+    assert overlap.parse_mode("overlap/float32/threads=1/nice=10") == ("float32", 1, 10)
+    assert all(overlap.parse_mode(m)[0] in ("float32", "bfloat16") for m in overlap.MODES if m != "actor")
+
+
+class Recording(overlap.SharingLearner):
+    def _loss(self, draft_logits, batch):
+        self.seen = (torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super()._loss(draft_logits, batch)
+
+
+def test_the_share_applies_to_the_background_update_only_and_is_undone_for_later_threads():
+    target = tiny_llama(seed=3)
+    prompts = [[1, 2, 3], [4, 5, 6]]
+    responses = [[7, 8], [9, 10]]
+    caller = torch.get_num_threads()
+    narrow = 1 if caller > 1 else 2  # differs from the caller's, so the check can fail
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    for background, expected in ((False, (caller, nice)), (True, (narrow, nice + 2))):
+        learner = Recording(self_draft(target, 1), LearnerConfig(steps_per_update=1, top_k=0, async_update=background),
+                            target=target)
+        learner.share = (narrow, 2)
+        learner.add_rollouts(prompts, responses, [0.0, 1.0])
+        learner.update(1)
+        learner.wait()
+        assert learner.seen == expected
+    later: list[int] = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [caller] and torch.get_num_threads() == caller
