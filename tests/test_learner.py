@@ -291,7 +291,7 @@ def test_recorded_updates_replay_to_the_same_drafter(tmp_path):
         ("max_loss", math.inf, "finite"),
         ("max_grad_norm", math.nan, "finite"),
         ("record_dir", "", "a folder path"),
-        ("compute_dtype", "float16", "('bfloat16', 'float32')"),
+        ("compute_dtype", "float16", "('auto', 'bfloat16', 'float32')"),
         ("overlap", "next_step", "('actor_update', 'rollout', 'none')"),
     ],
 )
@@ -393,3 +393,19 @@ def test_a_bfloat16_update_trains_like_a_float32_one():
     for first, last in losses.values():
         assert last < first  # both learn
     assert losses["bfloat16"][1] == pytest.approx(losses["float32"][1], rel=0.05)
+
+
+@pytest.mark.parametrize("flags,logits_dtype", [({"avx2"}, torch.float32), ({"avx2", "avx512_bf16"}, torch.bfloat16)])
+def test_auto_compute_dtype_takes_bfloat16_only_where_the_cpu_runs_it_natively(flags, logits_dtype, monkeypatch):
+    from respec_verl.drafter import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    target = tiny_llama(seed=52)
+    prompts, responses, rewards = rollouts(target, 4)
+    config = LearnerConfig(steps_per_update=1, batch_size=4, top_k=0, async_update=False)
+    assert config.compute_dtype == "auto"  # the default
+    learner = DtypeRecordingLearner(self_draft(target, 1), config, target=target)
+    learner.release.set()
+    learner.add_rollouts(prompts, responses, rewards)
+    learner.update(1)
+    assert learner.seen[0] == logits_dtype

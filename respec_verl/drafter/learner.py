@@ -29,6 +29,7 @@ from respec_verl.drafter.distill import KDBatch, attach_teacher, make_kd_batch, 
 from respec_verl.drafter.drafter import Drafter
 from respec_verl.drafter.kd_loss import TeacherTargets, reward_weighted_kd_loss, sequence_weights, teacher_targets
 from respec_verl.drafter.learner_config import CONFIG_KEY, LearnerConfig  # noqa: F401 (re-exported)
+from respec_verl.drafter.precision import resolve_compute_dtype
 from respec_verl.drafter.recording import LabelledRollout, record_update
 
 logger = logging.getLogger(__name__)
@@ -281,9 +282,9 @@ class DrafterLearner:
     def _autocast(self) -> torch.autocast:
         """The forward pass's mixed precision (`compute_dtype`); autocast is per thread, so an async
         update's never reaches the actor update it overlaps."""
-        device = next(self._train.model.parameters()).device.type
-        enabled = self.config.compute_dtype != "float32"
-        return torch.autocast(device, dtype=getattr(torch, self.config.compute_dtype), enabled=enabled)
+        device = next(self._train.model.parameters()).device
+        dtype = resolve_compute_dtype(self.config.compute_dtype, device)
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def _loss(self, draft_logits: torch.Tensor, batch: KDBatch) -> torch.Tensor:
         """The training objective (a hook, so tests can slow it down or break it on purpose)."""

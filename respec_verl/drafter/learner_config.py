@@ -9,7 +9,7 @@ from typing import Any
 from respec_verl.drafter.kd_loss import AGGREGATIONS, WEIGHTINGS
 
 CONFIG_KEY = "actor_rollout_ref.respec.evolution"
-COMPUTE_DTYPES = ("bfloat16", "float32")
+COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 OVERLAPS = ("actor_update", "rollout", "none")
 
 
@@ -30,15 +30,15 @@ class LearnerConfig:
     replayed on the same actor trajectory offline (`bench/evolution.py`); None records nothing.
     `compute_dtype`: the dtype of the update's forward pass (autocast; the weights, gradients and
     optimizer state stay float32): "bfloat16" makes the update about 30% cheaper on a CPU with
-    bf16 instructions (`bench/overlap_threads.py`), which matters because on a CPU the async
-    update's cost is not hidden but shared with the actor update it overlaps.
+    bf16 instructions (`bench/overlap_cost.py`); "auto" takes it where the device runs bf16
+    natively (`drafter/precision.py`), else float32.
     `overlap`: what an async update runs beside, in verl's step (the caller decides where it
     waits; the learner only runs in the background): "actor_update" (ReSpec's overlap; the next
     rollout gets this step's drafter), "rollout" (it may run on through the weight sync and the
     next rollout, which then gets the drafter one version older; the next update waits for it),
     or "none" (right after the actor update, in the foreground: the async labels at a serial
-    update's cost, for hosts where overlapping costs more than it hides, as on the 2-core CPU
-    of `bench/overlap_cost.py`).
+    update's cost, for hosts where overlapping costs more than it hides; in isolation it did on
+    this 2-core CPU, `bench/overlap_cost.py`, while in verl's loop the two measured alike).
     """
 
     interval: int = 1
@@ -57,7 +57,7 @@ class LearnerConfig:
     max_grad_norm: float = 1e3
     seed: int = 0
     record_dir: str | None = None
-    compute_dtype: str = "bfloat16"
+    compute_dtype: str = "auto"
     overlap: str = "actor_update"
 
     def __post_init__(self) -> None:
