@@ -10,7 +10,7 @@ round's ratios spread by more than the bar's margin on this machine. This reads 
 - the per-round ratios it is made of, and their spread (`sd_log`: the standard deviation of their
   logarithms, roughly the relative spread);
 - `rounds_for_2pct`: how many rounds would bring the standard error of the mean ratio to 2%
-  (what it takes to tell 0.97 from 1.0 at about two standard errors).
+  (0.97 and 1.0 are then 1.5 standard errors apart).
 
     python bench/controller_resolution.py bench/results/controller.json --out bench/results/controller_resolution.json
 """
@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the analysis as JSON here")
     args = parser.parse_args()
     rows = analyse(json.loads(Path(args.result).read_text()))
-    print(f"{'B':>3} {'rounds':>6} {'naive':>6} {'held-out':>8} {'min':>5} {'max':>5} {'sd(log)':>7} {'rounds for 2%':>13}")
+    columns = ("B", 3), ("rounds", 6), ("naive", 6), ("held-out", 8), ("min", 5), ("max", 5), ("sd(log)", 7)
+    print(" ".join(f"{name:>{width}}" for name, width in columns) + " rounds for 2%")
     for r in rows:
         print(f"{r['batch_size']:3d} {r['rounds']:6d} {r['naive']:6.2f} {r['held_out']:8.2f} {r['min']:5.2f} "
               f"{r['max']:5.2f} {r['sd_log']:7.3f} {r['rounds_for_2pct']:13}")

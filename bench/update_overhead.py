@@ -4,7 +4,7 @@ The demo's RL job (`respec-verl demo`: verl's `main_ppo`, our GRPO recipe, SmolL
 speculative vLLM rollouts with the warmed-up self-draft) runs once per mode and round:
 
 - async: the drafter update overlapped with the actor update (the default: `evolution.overlap`
-  `actor_update`, its forward in bfloat16);
+  `actor_update`, `compute_dtype: auto`, bfloat16 on a CPU with bf16 instructions);
 - async-fp32: the same with `evolution.compute_dtype=float32` (the default before 2026-12-04);
 - rollout: `evolution.overlap=rollout`, started after the actor update and run on through the
   weight sync and the next rollout;

@@ -23,8 +23,10 @@ def test_the_best_static_k_is_chosen_on_the_other_rounds():
     # k=2 wins by median only through one lucky round: against it the controller looks 5% slow
     runs = _runs(controller=[10.0, 10.0, 10.0], k1=[10.0, 10.0, 10.0], k2=[9.0, 11.0, 10.5])
     assert resolution.held_out_ratios(runs) == pytest.approx([10 / 9, 1.0, 1.0])
-    row = resolution.analyse({"by_batch_size": [{"batch_size": 4, "runs": runs, "controller_over_best_static": 10 / 10.5}]})
-    assert row[0]["held_out"] == pytest.approx(1.0) and row[0]["naive"] == pytest.approx(0.952, abs=1e-3)
+    result = {"by_batch_size": [{"batch_size": 4, "runs": runs, "controller_over_best_static": 10 / 10.5}]}
+    row = resolution.analyse(result)[0]
+    assert row["held_out"] == pytest.approx(1.0) and row["rounds"] == 3
+    assert row["per_round"] == pytest.approx([10 / 9, 1.0, 1.0]) and row["min"] == pytest.approx(1.0)
 
 
 def test_spread_and_rounds_needed():

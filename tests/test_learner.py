@@ -358,7 +358,9 @@ class DtypeRecordingLearner(GatedLearner):
 
     def _loss(self, draft_logits, batch):
         self.seen = (draft_logits.dtype, torch.is_autocast_enabled("cpu"))
-        return super()._loss(draft_logits, batch)
+        loss = super()._loss(draft_logits, batch)
+        self.loss_dtype = loss.dtype
+        return loss
 
 
 @pytest.mark.parametrize("dtype,logits_dtype", [("bfloat16", torch.bfloat16), ("float32", torch.float32)])
@@ -373,7 +375,7 @@ def test_compute_dtype_sets_the_forward_only_and_only_in_the_update_thread(dtype
     assert not torch.is_autocast_enabled("cpu")  # autocast is per thread: the caller's ops stay float32
     learner.release.set()
     assert learner.wait()["respec/drafter/update_ok"] == 1.0
-    assert learner.seen == (logits_dtype, dtype == "bfloat16")
+    assert learner.seen == (logits_dtype, dtype == "bfloat16") and learner.loss_dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in learner._train.model.parameters())  # float32 master weights
     assert all(t.dtype == torch.float32 for state in learner._optimizer.state.values() for t in state.values()
                if torch.is_tensor(t) and t.dim() > 0)

@@ -33,3 +33,10 @@ def test_cpu_flags_are_read_from_proc_cpuinfo():
         return
     line = next(line for line in text.splitlines() if line.startswith("flags"))
     assert flags == frozenset(line.split(":", 1)[1].split()) and flags  # a real CPU has some flags
+
+
+@pytest.mark.parametrize("major,expected", [(7, False), (8, True), (9, True)])
+def test_a_gpu_runs_bf16_natively_from_ampere_on(major, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    assert precision.fast_bf16("cuda:0") is expected

@@ -1,7 +1,7 @@
 """The dtype of the drafter update's forward pass: bfloat16 where the hardware runs it fast.
 
-A bfloat16 forward makes the update about a third cheaper on a CPU with bf16 instructions
-(`bench/overlap_cost.py`) and on any recent GPU; a CPU without them (AVX2 only) emulates bf16
+A bfloat16 forward made the update about a third cheaper on a CPU with bf16 instructions
+(`bench/overlap_cost.py`); a CPU without them (AVX2 only) or a GPU before Ampere emulates bf16
 matmuls, so there float32 stays. `compute_dtype: auto` picks between the two.
 """
 
@@ -31,8 +31,8 @@ def cpu_flags() -> frozenset[str]:
 def fast_bf16(device: torch.device | str) -> bool:
     """Whether `device` runs bfloat16 matmuls natively."""
     kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cuda":  # Ampere (8.x) and later; `is_bf16_supported()` also counts emulation
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
     if kind == "cpu":
         return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
     return False

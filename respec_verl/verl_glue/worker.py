@@ -158,9 +158,12 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
                 learner.update(self._respec_step)
         self._respec_captured = None
         output = super().update_actor(data)
+        finished = None
         if background:
+            if overlap == "rollout":  # the previous update's metrics, before this one can finish
+                finished = learner.wait()
             if overlap != "actor_update":  # the same labels, trained after the actor update, not beside it
-                learner.update(self._respec_step)  # (first waits for the previous update if it still runs)
+                learner.update(self._respec_step)
             if overlap != "rollout":  # "rollout" lets it run on through the weight sync and the next rollout
                 learner.wait()  # what is left of it is this step's cost
         else:  # labels of the updated actor, then train
@@ -169,7 +172,8 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         record = self.respec.record
         if record.dir and record.actor_every and self._respec_step % record.actor_every == 0:
             self._respec_save_actor(os.path.join(record.dir, f"actor_step_{self._respec_step}"))
-        finished = learner.metrics  # this step's update (the previous one's while an update runs on)
+        if finished is None:
+            finished = learner.metrics  # this step's update
         if output is not None:
             metrics = output["metrics"] if "metrics" in output.keys() else None
             if isinstance(metrics, dict):
