@@ -32,6 +32,7 @@ from contextlib import contextmanager
 import torch
 
 from respec_verl.data.arithmetic import make_problems
+from respec_verl.drafter.distill import make_kd_batch
 from respec_verl.drafter.learner import DrafterLearner
 from respec_verl.drafter.learner_config import LearnerConfig
 from respec_verl.drafter.self_draft import pad_with_low_ids, self_draft
@@ -94,17 +95,15 @@ def rollouts(tokenizer, n: int, response_length: int, seed: int) -> tuple[list[l
 
 
 def actor_update(actor, optimizer, prompts, responses, micro_batch: int) -> None:
-    """One policy-gradient-shaped update: log-prob loss of the answers, micro-batched, one AdamW step."""
+    """One policy-gradient-shaped update: log-prob loss of the answer tokens, micro-batched, one AdamW step."""
     actor.train()
     optimizer.zero_grad(set_to_none=True)
     for start in range(0, len(prompts), micro_batch):
-        rows = [p + r for p, r in zip(prompts[start:start + micro_batch], responses[start:start + micro_batch])]
-        width = max(map(len, rows))
-        ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])
-        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-        logits = actor(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        batch = make_kd_batch(prompts[start:start + micro_batch], responses[start:start + micro_batch])
+        ids, answer = batch.input_ids, batch.response_mask[:, :-1]
+        logits = actor(input_ids=ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-        loss = -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        loss = -(logp * answer).sum() / answer.sum()
         loss.backward()
     optimizer.step()
     actor.eval()
@@ -176,11 +175,10 @@ def main() -> None:
     result["kd_loss"] = {d: statistics.median(v) for d, v in losses.items()}  # equal in every run of a dtype
     if actor_s:
         result["overhead_over_actor"] = {m: median[m] / actor_s - 1 for m in modes if m.startswith("overlap")}
-        paired = {}
-        for m in modes:
-            if m.startswith("overlap"):
-                paired[m] = statistics.median(o / a - 1 for o, a in zip(times[m], times["actor"]))
-        result["overhead_paired"] = paired
+        result["overhead_paired"] = {
+            m: statistics.median(o / a - 1 for o, a in zip(times[m], times["actor"]))
+            for m in modes if m.startswith("overlap")
+        }
         result["serial_overhead"] = {m: median[m] / actor_s for m in modes if m.startswith("drafter")}
     print(f"{'mode':28s} {'median s':>9s} {'over actor':>11s} {'paired':>8s}")
     for m in modes:

@@ -158,22 +158,20 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
                 learner.update(self._respec_step)
         self._respec_captured = None
         output = super().update_actor(data)
-        finished = None
-        if background:
-            if overlap == "rollout":  # the previous update's metrics, before this one can finish
-                finished = learner.wait()
-            if overlap != "actor_update":  # the same labels, trained after the actor update, not beside it
+        if background and overlap == "rollout":
+            finished = learner.wait()  # the previous update's metrics, reported before this one can finish
+            learner.update(self._respec_step)  # runs on through the weight sync and the next rollout
+        elif background:
+            if overlap == "none":  # the same labels, trained after the actor update, not beside it
                 learner.update(self._respec_step)
-            if overlap != "rollout":  # "rollout" lets it run on through the weight sync and the next rollout
-                learner.wait()  # what is left of it is this step's cost
+            finished = learner.wait()  # what is left of it is this step's cost
         else:  # labels of the updated actor, then train
             self._respec_add_rollouts(data)
             learner.update(self._respec_step)
+            finished = learner.metrics
         record = self.respec.record
         if record.dir and record.actor_every and self._respec_step % record.actor_every == 0:
             self._respec_save_actor(os.path.join(record.dir, f"actor_step_{self._respec_step}"))
-        if finished is None:
-            finished = learner.metrics  # this step's update
         if output is not None:
             metrics = output["metrics"] if "metrics" in output.keys() else None
             if isinstance(metrics, dict):
