@@ -10,7 +10,16 @@ speculative vLLM rollouts with the warmed-up self-draft) runs once per mode and 
   weight sync and the next rollout;
 - serial: `evolution.overlap=none`, the async update's labels, trained right after the actor update;
 - sync: `actor_rollout_ref.respec.evolution.async_update=false`, after it, on the updated actor's labels;
-- off: `actor_rollout_ref.respec.evolution.interval=0`, never updated (speculation still on).
+- off: `actor_rollout_ref.respec.evolution.interval=0`, never updated (speculation still on);
+- alternate: `evolution.interval=2`, one long run whose drafter updates at every other step.
+
+Runs of different modes start minutes apart on a machine whose speed drifts by 10-25% over that
+time, so many rounds are needed to resolve a few percent. `alternate` compares within one run
+instead: each step that updated the drafter against the mean of its two neighbours, which did not
+(a steady trend over the run cancels), over every such step of a long run (`within_run_overhead`).
+The labels are taken and buffered at every step in both kinds of step, so their cost, logged at
+each step as `respec/drafter/label_time_s`, is added on; the estimate is for the default
+`interval=1`, where every step pays both.
 
 Rounds alternate the order (async, sync, off, then off, sync, async, ...), so a machine that
 drifts over the half hour the runs take weighs on every mode alike; single runs of this job
@@ -26,6 +35,7 @@ overall and per round. Writes JSON.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import statistics
 import sys
@@ -43,9 +53,11 @@ MODES = {
     "serial": [f"{EVOLUTION}.overlap=none"],
     "sync": [f"{EVOLUTION}.async_update=false"],
     "off": [f"{EVOLUTION}.interval=0"],
+    "alternate": [f"{EVOLUTION}.interval=2"],
 }
 PROFILE = Path("checkpoints/respec/step_costs.json")  # the controller's, measured at a run's start
 PHASES = ("timing_s/step", "timing_s/update_actor", "timing_s/update_weights", "timing_s/gen", "timing_s/old_log_prob")
+VERSION, LABEL_TIME = "respec/drafter/version", "respec/drafter/label_time_s"
 
 
 def run_order(modes: list[str], rounds: int) -> list[tuple[int, str]]:
@@ -73,6 +85,55 @@ def phase_means(metrics: dict[int, dict[str, float]], first: int, last: int) -> 
     return out
 
 
+def within_run_overhead(metrics: dict[int, dict[str, float]], first: int = 2) -> dict:
+    """The drafter update's cost within one run whose drafter updated at some steps and not at others.
+
+    An update step is one whose drafter version rose over the step before. Each update step whose
+    two neighbours (from `first` on) did not update gives one sample per phase: its time minus the
+    mean of its neighbours', so a trend that is steady over three steps cancels. The step overhead
+    of a sample is that difference plus the labels' cost (paid at every step, so absent from the
+    difference) over the neighbours' step time less the labels' cost (a step with no drafter work).
+    Returns per-phase mean differences, the overhead's mean, standard error and a one-sided 95%
+    upper bound (Student's t), and the samples.
+    """
+    from scipy import stats
+
+    steps = sorted(s for s in metrics if s >= first and VERSION in metrics[s] and "timing_s/step" in metrics[s])
+    updated = {s for s in steps if s - 1 in metrics and VERSION in metrics[s - 1]
+               and metrics[s][VERSION] > metrics[s - 1][VERSION]}
+    samples = []
+    for s in steps:
+        if s not in updated or s - 1 not in steps or s + 1 not in steps or {s - 1, s + 1} & updated:
+            continue
+        near = (metrics[s - 1], metrics[s + 1])
+        diff = {p: metrics[s][p] - (near[0][p] + near[1][p]) / 2 for p in PHASES if all(p in m for m in (metrics[s], *near))}
+        label_s = statistics.fmean(m.get(LABEL_TIME, 0.0) for m in (metrics[s], *near))
+        plain_step = (near[0]["timing_s/step"] + near[1]["timing_s/step"]) / 2 - label_s
+        samples.append({"step": s, "diff_s": diff, "label_s": label_s,
+                        "overhead": (diff["timing_s/step"] + label_s) / plain_step})
+    out: dict = {"update_steps": sorted(updated), "samples": samples, "n": len(samples)}
+    if len(samples) >= 2:
+        values = [x["overhead"] for x in samples]
+        mean, se = statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+        out.update(overhead_mean=mean, overhead_se=se,
+                   overhead_upper95=mean + float(stats.t.ppf(0.95, len(values) - 1)) * se,
+                   diff_mean_s={p: statistics.fmean(x["diff_s"][p] for x in samples if p in x["diff_s"]) for p in PHASES
+                                if any(p in x["diff_s"] for x in samples)},
+                   label_mean_s=statistics.fmean(x["label_s"] for x in samples))
+    return out
+
+
+def within_text(within: dict) -> str:
+    if "overhead_mean" not in within:
+        return f"too few update steps with non-update neighbours ({within['n']}) for a within-run overhead"
+    diff = within["diff_mean_s"]
+    return (f"the drafter update adds {100 * within['overhead_mean']:+.1f}% +- {100 * within['overhead_se']:.1f} (SE) "
+            f"to the step, one-sided 95% upper bound {100 * within['overhead_upper95']:+.1f}%, over {within['n']} update "
+            f"steps against their neighbours (update_actor {diff.get('timing_s/update_actor', math.nan):+.2f} s, "
+            f"update_weights {diff.get('timing_s/update_weights', math.nan):+.2f} s, gen {diff.get('timing_s/gen', math.nan):+.2f} s; "
+            f"labels {within['label_mean_s']:.2f} s at every step)")
+
+
 def summarise(runs: list[dict], modes: list[str], baseline: str = "off") -> dict:
     """Per mode: mean phases over its runs; overhead of its step time over the baseline's, overall and per round."""
     by_mode = {m: [r for r in runs if r["mode"] == m] for m in modes}
@@ -92,6 +153,9 @@ def summarise(runs: list[dict], modes: list[str], baseline: str = "off") -> dict
                 if this and ref:
                     per_round[m].append(this[0]["phases"]["timing_s/step"] / ref[0]["phases"]["timing_s/step"] - 1)
         out["overhead_per_round"] = per_round
+    within = {f"{r['mode']}_{r['round']}": r["within_run"] for r in runs if "within_run" in r}
+    if within:
+        out["within_run"] = within
     return out
 
 
@@ -112,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--modes: {', '.join(unknown) or 'none given'}; allowed: {', '.join(MODES)}")
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be >= 2 (step 1 is left out) and --rounds >= 1")
+    if "alternate" in modes and args.steps < 5:
+        parser.error("--steps must be >= 5 with the alternate mode (its first sample is step 4 against steps 3 and 5)")
 
     work = Path(args.work).resolve()
     job = DemoJob(model=args.model, steps=args.steps, seed=args.seed)
@@ -127,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
         phases = phase_means(result.metrics, 2, args.steps)
         runs.append({"round": r, "mode": mode, "phases": phases,
                      "step_s": {s: m.get("timing_s/step") for s, m in sorted(result.metrics.items())}})
+        if mode == "alternate":
+            runs[-1]["within_run"] = within_run_overhead(result.metrics)
+            print(f"[round {r}, {mode}] {within_text(runs[-1]['within_run'])}", flush=True)
         print(f"[round {r}, {mode}] mean step {phases['timing_s/step']:.1f} s, update_actor "
               f"{phases['timing_s/update_actor']:.1f} s, update_weights {phases['timing_s/update_weights']:.2f} s",
               flush=True)
@@ -140,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     for mode, value in summary.get("overhead", {}).items():
         rounds = ", ".join(f"{100 * v:+.1f}%" for v in summary["overhead_per_round"][mode])
         print(f"{mode} adds {100 * value:+.1f}% to the step time over no update (per round: {rounds})")
+    for name, within in summary.get("within_run", {}).items():
+        print(f"{name}: {within_text(within)}")
     write_json_atomic(Path(args.out), {"args": vars(args), "runs": runs, **summary})
     print(f"wrote {args.out}")
 

@@ -237,4 +237,6 @@ def test_demo_runs_two_grpo_steps_on_the_tiny_model_and_writes_what_it_promises(
     assert "step:2 - " in log
     reused = [float(v) for v in re.findall(r"respec/drafter/labels_reused:([0-9.]+)", log)]
     assert len(reused) == 2 and all(v == 1.0 for v in reused)  # async: every label from verl's old-log-prob pass
+    label_s = [float(v) for v in re.findall(r"respec/drafter/label_time_s:([0-9.e-]+)", log)]
+    assert len(label_s) == 2 and all(0.0 < v < 60.0 for v in label_s)  # timed at every step, update or not
 

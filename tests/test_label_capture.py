@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -103,6 +104,21 @@ def test_a_layout_the_hook_cannot_split_is_skipped():
     assert capture.skipped_calls == 1 and capture.labels.sequences == 0
     module(input_ids=torch.ones(2, 4, dtype=torch.long))  # the hook is gone after the block
     assert capture.skipped_calls == 1
+
+
+def test_the_capture_times_its_labelling_and_nothing_else():
+    module = _Logits(torch.randn(2, 4, 11))
+
+    def slow_labels(x):
+        time.sleep(0.05)
+        return SimpleNamespace(logprobs=x, sparse_ids=None)
+
+    capture = LabelCapture(slow_labels)
+    with capture.hooked(module):
+        module(input_ids=torch.ones(2, 4, dtype=torch.long), attention_mask=torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]]))
+        assert capture.seconds == 0.0  # a skipped call labels nothing
+        module(input_ids=torch.ones(2, 4, dtype=torch.long))  # two rows: two labellings
+    assert 0.1 <= capture.seconds < 1.0
 
 
 def test_worker_labels_uncaptured_rollouts_with_a_forward_and_reports_the_reused_share():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,46 @@ def test_later_runs_reuse_the_first_runs_drafter_and_profile(tmp_path):
     (later / overhead.PROFILE).write_text("kept")
     overhead.reuse_setup(first, later)  # what a folder has already stays
     assert (later / overhead.PROFILE).read_text() == "kept"
+
+
+def _alternating_run(steps: int, update_cost: float, label_s: float, noise=None) -> dict[int, dict[str, float]]:
+    """A run whose drafter updates at even steps, costing `update_cost` s, on a step time that falls 0.5 s a step."""
+    metrics, version = {}, 1.0
+    for s in range(1, steps + 1):
+        if s % 2 == 0:
+            version += 1
+        step = 30.0 - 0.5 * s + (update_cost if s % 2 == 0 else 0.0) + (noise[s] if noise else 0.0)
+        metrics[s] = {"timing_s/step": step, "timing_s/update_actor": step - 10.0,
+                      overhead.VERSION: version, overhead.LABEL_TIME: label_s}
+    return metrics
+
+
+def test_within_run_overhead_cancels_a_steady_trend_and_adds_the_labels():
+    within = overhead.within_run_overhead(_alternating_run(9, update_cost=2.0, label_s=0.3))
+    assert within["update_steps"] == [2, 4, 6, 8]
+    # step 2's neighbour, step 1, is the warm-up: left out
+    assert [x["step"] for x in within["samples"]] == [4, 6, 8]
+    for x in within["samples"]:
+        assert x["diff_s"]["timing_s/step"] == pytest.approx(2.0)  # the -0.5 s/step trend cancels
+        neighbours = 30.0 - 0.5 * x["step"]  # the mean of steps s-1 and s+1 on the trend
+        assert x["overhead"] == pytest.approx((2.0 + 0.3) / (neighbours - 0.3))
+    assert within["overhead_se"] > 0 and within["overhead_upper95"] > within["overhead_mean"]
+    assert within["diff_mean_s"]["timing_s/update_actor"] == pytest.approx(2.0)
+
+
+def test_within_run_overhead_needs_non_update_neighbours_on_both_sides():
+    metrics = _alternating_run(8, update_cost=1.0, label_s=0.0)
+    assert [x["step"] for x in overhead.within_run_overhead(metrics)["samples"]] == [4, 6]  # 8 has no step 9
+    every_step = {s: {**m, overhead.VERSION: float(s)} for s, m in metrics.items()}  # interval 1: all neighbours updated
+    within = overhead.within_run_overhead(every_step)
+    assert within["n"] == 0 and "overhead_mean" not in within
+    assert "too few" in overhead.within_text(within)
+
+
+def test_within_run_overhead_has_the_spread_of_its_samples():
+    noise = {s: (0.8 if s % 4 == 0 else -0.8) if s % 2 == 0 else 0.0 for s in range(1, 22)}
+    within = overhead.within_run_overhead(_alternating_run(21, update_cost=1.0, label_s=0.0, noise=noise))
+    diffs = [x["diff_s"]["timing_s/step"] for x in within["samples"]]
+    assert sorted(set(round(d, 6) for d in diffs)) == [0.2, 1.8]
+    assert within["overhead_se"] == pytest.approx(statistics.stdev(x["overhead"] for x in within["samples"])
+                                                  / math.sqrt(within["n"]))

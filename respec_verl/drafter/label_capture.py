@@ -14,6 +14,7 @@ order of the two passes does not matter; a rollout that is not found is labelled
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -59,6 +60,7 @@ class LabelCapture:
         self.label_fn = label_fn
         self.labels = CapturedLabels()
         self.skipped_calls = 0  # calls whose inputs could not be split into rows
+        self.seconds = 0.0  # spent labelling, inside the hooked forward: the capture's cost to its pass
 
     @contextmanager
     def hooked(self, module: torch.nn.Module) -> Iterator[CapturedLabels]:
@@ -78,12 +80,14 @@ class LabelCapture:
         if rows is None or logits.shape[:2] != ids.shape:
             self.skipped_calls += 1
             return
+        start = time.perf_counter()
         with torch.no_grad():
             for row, positions in rows:
                 labels = self.label_fn(logits[row : row + 1, positions].detach())
                 tokens = [int(t) for t in ids[row, positions].tolist()]
                 sparse = None if labels.sparse_ids is None else labels.sparse_ids[0].cpu()
                 self.labels.add(tokens, TeacherTargets(labels.logprobs[0].cpu(), sparse))
+        self.seconds += time.perf_counter() - start
 
 
 def _rows(ids: torch.Tensor, mask: Any, position_ids: Any) -> list[tuple[int, torch.Tensor]] | None:

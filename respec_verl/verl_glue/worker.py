@@ -39,6 +39,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         self.respec = RespecConfig.from_omegaconf(self.config.get("respec"))
         self._respec_learner = None
         self._respec_captured: CapturedLabels | None = None  # labels of the last old-log-prob pass
+        self._respec_capture_s = 0.0  # what labelling cost inside that pass
         self._respec_pushed: int | None = None
         self._respec_step = 0
         if self.respec.enable and "actor" in self.role:
@@ -140,7 +142,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         capture = LabelCapture(learner.label_logits)
         with capture.hooked(self.actor.engine.module):
             output = super().compute_log_prob(data)
-        self._respec_captured = capture.labels
+        self._respec_captured, self._respec_capture_s = capture.labels, capture.seconds
         return output
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
@@ -152,11 +154,13 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         background = self.respec.evolution.async_update
         overlap = self.respec.evolution.overlap
         reused = 0.0
+        label_s, start = self._respec_capture_s, time.perf_counter()
         if background:  # labels of the actor that generated these rollouts
             reused = self._respec_add_rollouts(data, self._respec_captured)
+            label_s += time.perf_counter() - start
             if overlap == "actor_update":  # train while verl updates the actor
                 learner.update(self._respec_step)
-        self._respec_captured = None
+        self._respec_captured, self._respec_capture_s = None, 0.0
         output = super().update_actor(data)
         if background and overlap == "rollout":
             finished = learner.wait()  # the previous update's metrics, reported before this one can finish
@@ -166,7 +170,9 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
                 learner.update(self._respec_step)
             finished = learner.wait()  # what is left of it is this step's cost
         else:  # labels of the updated actor, then train
+            start = time.perf_counter()
             self._respec_add_rollouts(data)
+            label_s += time.perf_counter() - start
             learner.update(self._respec_step)
             finished = learner.metrics
         record = self.respec.record
@@ -179,6 +185,8 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
                     metrics[name] = [float(value)]
                 metrics["respec/drafter/version"] = [float(learner.version)]
                 metrics["respec/drafter/labels_reused"] = [reused]
+                # paid at every step, update or not: labelling in verl's old-log-prob pass and buffering
+                metrics["respec/drafter/label_time_s"] = [label_s]
         return output
 
     def _respec_add_rollouts(self, data, captured: CapturedLabels | None = None) -> float:
