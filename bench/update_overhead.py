@@ -3,15 +3,18 @@
 The demo's RL job (`respec-verl demo`: verl's `main_ppo`, our GRPO recipe, SmolLM2-135M-Instruct,
 speculative vLLM rollouts with the warmed-up self-draft) runs once per mode and round:
 
-- async: the drafter update overlapped with the actor update (the default: `evolution.overlap`
-  `actor_update`, `compute_dtype: auto`, bfloat16 on a CPU with bf16 instructions);
+- async: the drafter update overlapped with the actor update (`evolution.overlap=actor_update`,
+  the default on an accelerator and, until 2026-12-06, on a CPU; `compute_dtype: auto`, bfloat16
+  on a CPU with bf16 instructions);
 - async-fp32: the same with `evolution.compute_dtype=float32` (the default before 2026-12-04);
+- default: the recipe's settings as they are (`overlap: auto`, "none" on a CPU);
 - rollout: `evolution.overlap=rollout`, started after the actor update and run on through the
   weight sync and the next rollout;
 - serial: `evolution.overlap=none`, the async update's labels, trained right after the actor update;
 - sync: `actor_rollout_ref.respec.evolution.async_update=false`, after it, on the updated actor's labels;
 - off: `actor_rollout_ref.respec.evolution.interval=0`, never updated (speculation still on);
-- alternate: `evolution.interval=2`, one long run whose drafter updates at every other step.
+- alternate: `evolution.interval=2`, one long run whose drafter updates at every other step (the
+  recipe's overlap; `--override` sets another, for example `evolution.overlap=actor_update`).
 
 Runs of different modes start minutes apart on a machine whose speed drifts by 10-25% over that
 time, so many rounds are needed to resolve a few percent. `alternate` compares within one run
@@ -47,8 +50,9 @@ from respec_verl.json_file import write_json_atomic
 
 EVOLUTION = "actor_rollout_ref.respec.evolution"
 MODES = {
-    "async": [],
-    "async-fp32": [f"{EVOLUTION}.compute_dtype=float32"],
+    "async": [f"{EVOLUTION}.overlap=actor_update"],
+    "async-fp32": [f"{EVOLUTION}.overlap=actor_update", f"{EVOLUTION}.compute_dtype=float32"],
+    "default": [],
     "rollout": [f"{EVOLUTION}.overlap=rollout"],
     "serial": [f"{EVOLUTION}.overlap=none"],
     "sync": [f"{EVOLUTION}.async_update=false"],
@@ -94,7 +98,11 @@ def within_run_overhead(metrics: dict[int, dict[str, float]], first: int = 2) ->
     of a sample is that difference plus the labels' cost (paid at every step, so absent from the
     difference) over the neighbours' step time less the labels' cost (a step with no drafter work).
     Returns per-phase mean differences, the overhead's mean, standard error and a one-sided 95%
-    upper bound (Student's t), and the samples.
+    upper bound (Student's t), and the samples. `overhead_ex_gen` is the same without the
+    rollout's difference: the update does no work in the rollout, whose time follows the longest
+    answer (the noisiest phase) and the drafter's age, which alternates here too (an update step's
+    rollout ran on the drafter of two steps back, a neighbour's on the one of one step back), so
+    this is the update's own cost, less noisy; `overhead` keeps everything.
     """
     from scipy import stats
 
@@ -109,26 +117,65 @@ def within_run_overhead(metrics: dict[int, dict[str, float]], first: int = 2) ->
         diff = {p: metrics[s][p] - (near[0][p] + near[1][p]) / 2 for p in PHASES if all(p in m for m in (metrics[s], *near))}
         label_s = statistics.fmean(m.get(LABEL_TIME, 0.0) for m in (metrics[s], *near))
         plain_step = (near[0]["timing_s/step"] + near[1]["timing_s/step"]) / 2 - label_s
-        samples.append({"step": s, "diff_s": diff, "label_s": label_s,
-                        "overhead": (diff["timing_s/step"] + label_s) / plain_step})
+        sample = {"step": s, "diff_s": diff, "label_s": label_s,
+                  "overhead": (diff["timing_s/step"] + label_s) / plain_step}
+        if "timing_s/gen" in diff:
+            sample["overhead_ex_gen"] = (diff["timing_s/step"] - diff["timing_s/gen"] + label_s) / plain_step
+        samples.append(sample)
     out: dict = {"update_steps": sorted(updated), "samples": samples, "n": len(samples)}
     if len(samples) >= 2:
-        values = [x["overhead"] for x in samples]
-        mean, se = statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
-        out.update(overhead_mean=mean, overhead_se=se,
-                   overhead_upper95=mean + float(stats.t.ppf(0.95, len(values) - 1)) * se,
-                   diff_mean_s={p: statistics.fmean(x["diff_s"][p] for x in samples if p in x["diff_s"]) for p in PHASES
+        t95 = float(stats.t.ppf(0.95, len(samples) - 1))
+        for name in ("overhead", "overhead_ex_gen"):
+            values = [x[name] for x in samples if name in x]
+            if len(values) == len(samples):
+                mean, se = statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+                out.update({f"{name}_mean": mean, f"{name}_se": se, f"{name}_upper95": mean + t95 * se})
+        out.update(diff_mean_s={p: statistics.fmean(x["diff_s"][p] for x in samples if p in x["diff_s"]) for p in PHASES
                                 if any(p in x["diff_s"] for x in samples)},
                    label_mean_s=statistics.fmean(x["label_s"] for x in samples))
     return out
+
+
+def plot_within_run(run: dict, path: Path) -> None:
+    """Step times of an alternate run, the update steps marked, and each sample's overhead beside the 5% bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from respec_verl.run_report import save_figure
+
+    within = run["within_run"]
+    steps = {int(s): t for s, t in run["step_s"].items() if t is not None and int(s) >= 2}
+    updated = set(within["update_steps"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for mark, label, chosen in (("o", "drafter update", True), ("x", "no update", False)):
+        xs = [s for s in sorted(steps) if (s in updated) == chosen]
+        left.plot(xs, [steps[s] for s in xs], mark, label=label)
+    left.set(xlabel="RL step", ylabel="step time (s)", title="step time, update every other step")
+    left.legend()
+    samples = within["samples"]
+    right.bar([x["step"] for x in samples], [100 * x["overhead"] for x in samples], color="tab:blue")
+    if "overhead_mean" in within:
+        right.axhline(100 * within["overhead_mean"], color="k", label=f"mean {100 * within['overhead_mean']:+.1f}%")
+        right.axhline(100 * within["overhead_upper95"], color="k", ls=":",
+                      label=f"95% upper bound {100 * within['overhead_upper95']:+.1f}%")
+    right.axhline(5.0, color="tab:red", ls="--", label="bar: 5%")
+    right.set(xlabel="update step", ylabel="overhead (%)", title="update step vs its neighbours, plus the labels")
+    right.legend(fontsize=8)
+    save_figure(fig, path)
 
 
 def within_text(within: dict) -> str:
     if "overhead_mean" not in within:
         return f"too few update steps with non-update neighbours ({within['n']}) for a within-run overhead"
     diff = within["diff_mean_s"]
+    ex_gen = ""
+    if "overhead_ex_gen_mean" in within:
+        ex_gen = (f" (without the rollout's difference {100 * within['overhead_ex_gen_mean']:+.1f}% +- "
+                  f"{100 * within['overhead_ex_gen_se']:.1f}, bound {100 * within['overhead_ex_gen_upper95']:+.1f}%)")
     return (f"the drafter update adds {100 * within['overhead_mean']:+.1f}% +- {100 * within['overhead_se']:.1f} (SE) "
-            f"to the step, one-sided 95% upper bound {100 * within['overhead_upper95']:+.1f}%, over {within['n']} update "
+            f"to the step, one-sided 95% upper bound {100 * within['overhead_upper95']:+.1f}%{ex_gen}, over {within['n']} update "
             f"steps against their neighbours (update_actor {diff.get('timing_s/update_actor', math.nan):+.2f} s, "
             f"update_weights {diff.get('timing_s/update_weights', math.nan):+.2f} s, gen {diff.get('timing_s/gen', math.nan):+.2f} s; "
             f"labels {within['label_mean_s']:.2f} s at every step)")
@@ -168,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="respec_overhead_runs")
     parser.add_argument("--out", default="bench/results/update_overhead.json")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a verl key for every run, after the mode's (repeatable), e.g. "
+                             "actor_rollout_ref.respec.evolution.overlap=actor_update with --modes alternate")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -176,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--modes: {', '.join(unknown) or 'none given'}; allowed: {', '.join(MODES)}")
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be >= 2 (step 1 is left out) and --rounds >= 1")
+    bad = [o for o in args.override if "=" not in o]
+    if bad:
+        parser.error(f"--override takes KEY=VALUE, got {', '.join(bad)}")
     if "alternate" in modes and args.steps < 5:
         parser.error("--steps must be >= 5 with the alternate mode (its first sample is step 4 against steps 3 and 5)")
 
@@ -187,8 +240,9 @@ def main(argv: list[str] | None = None) -> None:
         folder = work / f"{mode}_{r}"
         if first is not None:
             reuse_setup(first, folder)
-        print(f"[round {r}, {mode}] {args.steps} GRPO steps, overrides {MODES[mode]}", flush=True)
-        result = run_job(replace(job, overrides=tuple(MODES[mode])), folder, progress=not args.no_progress)
+        overrides = (*MODES[mode], *args.override)
+        print(f"[round {r}, {mode}] {args.steps} GRPO steps, overrides {list(overrides)}", flush=True)
+        result = run_job(replace(job, overrides=overrides), folder, progress=not args.no_progress)
         first = first or folder
         phases = phase_means(result.metrics, 2, args.steps)
         runs.append({"round": r, "mode": mode, "phases": phases,
@@ -211,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{mode} adds {100 * value:+.1f}% to the step time over no update (per round: {rounds})")
     for name, within in summary.get("within_run", {}).items():
         print(f"{name}: {within_text(within)}")
+    alternate = [run for run in runs if "within_run" in run]
+    if alternate:
+        plot_within_run(alternate[0], Path(args.out).with_suffix(".png"))
     write_json_atomic(Path(args.out), {"args": vars(args), "runs": runs, **summary})
     print(f"wrote {args.out}")
 

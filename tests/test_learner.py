@@ -292,7 +292,7 @@ def test_recorded_updates_replay_to_the_same_drafter(tmp_path):
         ("max_grad_norm", math.nan, "finite"),
         ("record_dir", "", "a folder path"),
         ("compute_dtype", "float16", "('auto', 'bfloat16', 'float32')"),
-        ("overlap", "next_step", "('actor_update', 'rollout', 'none')"),
+        ("overlap", "next_step", "('auto', 'actor_update', 'rollout', 'none')"),
     ],
 )
 def test_config_errors_name_the_full_key_value_and_allowed_values(field, value, allowed):

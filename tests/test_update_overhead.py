@@ -64,7 +64,8 @@ def _alternating_run(steps: int, update_cost: float, label_s: float, noise=None)
         if s % 2 == 0:
             version += 1
         step = 30.0 - 0.5 * s + (update_cost if s % 2 == 0 else 0.0) + (noise[s] if noise else 0.0)
-        metrics[s] = {"timing_s/step": step, "timing_s/update_actor": step - 10.0,
+        gen = 4.0 + (noise[s] if noise else 0.0)  # the rollout carries the noise
+        metrics[s] = {"timing_s/step": step, "timing_s/update_actor": step - 10.0, "timing_s/gen": gen,
                       overhead.VERSION: version, overhead.LABEL_TIME: label_s}
     return metrics
 
@@ -96,5 +97,17 @@ def test_within_run_overhead_has_the_spread_of_its_samples():
     within = overhead.within_run_overhead(_alternating_run(21, update_cost=1.0, label_s=0.0, noise=noise))
     diffs = [x["diff_s"]["timing_s/step"] for x in within["samples"]]
     assert sorted(set(round(d, 6) for d in diffs)) == [0.2, 1.8]
+    for x in within["samples"]:  # the rollout's noise is all there is: without it the cost is exact
+        neighbours = 30.0 - 0.5 * x["step"]
+        assert x["overhead_ex_gen"] == pytest.approx(1.0 / neighbours)
+    assert within["overhead_ex_gen_se"] < within["overhead_se"] / 5  # what is left is the trend in the ratio
     assert within["overhead_se"] == pytest.approx(statistics.stdev(x["overhead"] for x in within["samples"])
                                                   / math.sqrt(within["n"]))
+
+
+def test_the_alternate_run_is_plotted(tmp_path):
+    metrics = _alternating_run(9, update_cost=2.0, label_s=0.3)
+    run = {"step_s": {str(s): m["timing_s/step"] for s, m in metrics.items()},
+           "within_run": overhead.within_run_overhead(metrics)}
+    overhead.plot_within_run(run, tmp_path / "overhead.png")
+    assert (tmp_path / "overhead.png").stat().st_size > 10_000

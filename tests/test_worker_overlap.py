@@ -28,12 +28,14 @@ def worker_with(learner: DrafterLearner, seen: dict, monkeypatch):
     worker = object.__new__(RespecActorRolloutRefWorker)
     worker.respec = SimpleNamespace(evolution=learner.config, record=SimpleNamespace(dir=None, actor_every=0))
     worker._respec_learner, worker._respec_captured, worker._respec_step = learner, None, 0
+    worker._respec_capture_s = 0.0
     prompts, responses, rewards = rollouts(learner.target, 4)
     worker._respec_add_rollouts = lambda data, captured=None: learner.add_rollouts(prompts, responses, rewards) or 1.0
     return worker
 
 
-@pytest.mark.parametrize("overlap,beside", [("actor_update", True), ("none", False), ("rollout", False)])
+@pytest.mark.parametrize("overlap,beside", [("actor_update", True), ("none", False), ("rollout", False),
+                                            ("auto", False)])  # auto: a drafter on a CPU trains after
 def test_the_async_update_runs_where_overlap_says(overlap, beside, monkeypatch):
     target = tiny_llama(seed=71)
     config = LearnerConfig(steps_per_update=1, batch_size=4, top_k=0, overlap=overlap)
@@ -48,3 +50,13 @@ def test_the_async_update_runs_where_overlap_says(overlap, beside, monkeypatch):
     else:  # done before update_actor returned: the next rollout gets version 1
         assert not learner.pending and learner.version == 1
     assert learner.version == 1 and learner.metrics["respec/drafter/update_ok"] == 1.0
+
+
+def test_auto_overlap_is_serial_on_a_cpu_and_beside_the_actor_update_on_an_accelerator():
+    from respec_verl.drafter.learner_config import resolve_overlap
+
+    assert resolve_overlap("auto", "cpu") == "none"
+    assert resolve_overlap("auto", "cuda") == "actor_update"
+    for given in ("actor_update", "rollout", "none"):  # a value set by hand stays, on any device
+        assert resolve_overlap(given, "cpu") == given and resolve_overlap(given, "cuda") == given
+    assert LearnerConfig().overlap == "auto"

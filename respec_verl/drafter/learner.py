@@ -28,7 +28,7 @@ import torch
 from respec_verl.drafter.distill import KDBatch, attach_teacher, make_kd_batch, trainable_parameters
 from respec_verl.drafter.drafter import Drafter
 from respec_verl.drafter.kd_loss import TeacherTargets, reward_weighted_kd_loss, sequence_weights, teacher_targets
-from respec_verl.drafter.learner_config import CONFIG_KEY, LearnerConfig  # noqa: F401 (re-exported)
+from respec_verl.drafter.learner_config import CONFIG_KEY, LearnerConfig, resolve_overlap  # noqa: F401 (re-exported)
 from respec_verl.drafter.precision import resolve_compute_dtype
 from respec_verl.drafter.recording import LabelledRollout, record_update
 
@@ -161,6 +161,12 @@ class DrafterLearner:
         if thread is not None:
             thread.join(timeout)
         return self.metrics
+
+    @property
+    def overlap(self) -> str:
+        """Where the caller should run an async update (`LearnerConfig.overlap`, "auto" resolved
+        for the device the drafter trains on)."""
+        return resolve_overlap(self.config.overlap, next(self._train.model.parameters()).device.type)
 
     @property
     def pending(self) -> bool:

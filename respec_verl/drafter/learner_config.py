@@ -10,7 +10,7 @@ from respec_verl.drafter.kd_loss import AGGREGATIONS, WEIGHTINGS
 
 CONFIG_KEY = "actor_rollout_ref.respec.evolution"
 COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
-OVERLAPS = ("actor_update", "rollout", "none")
+OVERLAPS = ("auto", "actor_update", "rollout", "none")
 
 
 @dataclass
@@ -37,8 +37,11 @@ class LearnerConfig:
     rollout gets this step's drafter), "rollout" (it may run on through the weight sync and the
     next rollout, which then gets the drafter one version older; the next update waits for it),
     or "none" (right after the actor update, in the foreground: the async labels at a serial
-    update's cost, for hosts where overlapping costs more than it hides; in isolation it did on
-    this 2-core CPU, `bench/overlap_cost.py`, while in verl's loop the two measured alike).
+    update's cost, for hosts where overlapping costs more than it hides); "auto" is "none" where
+    the drafter trains on a CPU, whose cores the actor update already uses (in verl's loop on the
+    2-core CPU the overlapped update added 6.5% to the step and the serial one 3.9%, measured
+    within one run each: `bench/update_overhead.py --modes alternate`), and "actor_update" on an
+    accelerator (`resolve_overlap`).
     """
 
     interval: int = 1
@@ -58,7 +61,7 @@ class LearnerConfig:
     seed: int = 0
     record_dir: str | None = None
     compute_dtype: str = "auto"
-    overlap: str = "actor_update"
+    overlap: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("steps_per_update", "batch_size", "buffer_size"):
@@ -82,6 +85,14 @@ class LearnerConfig:
         _require("async_update", self.async_update, isinstance(self.async_update, bool), "True or False")
         ok = self.record_dir is None or (isinstance(self.record_dir, str) and bool(self.record_dir.strip()))
         _require("record_dir", self.record_dir, ok, "null (record nothing) or a folder path")
+
+
+def resolve_overlap(overlap: str, device_type: str) -> str:
+    """`overlap` for a drafter training on a device of `device_type` ("cpu", "cuda", ...): "auto" is
+    "none" on a CPU and "actor_update" elsewhere; any other value is kept."""
+    if overlap != "auto":
+        return overlap
+    return "none" if device_type == "cpu" else "actor_update"
 
 
 def _is_int(value: Any) -> bool:

@@ -152,7 +152,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
             return super().update_actor(data)
         self._respec_step += 1
         background = self.respec.evolution.async_update
-        overlap = self.respec.evolution.overlap
+        overlap = learner.overlap  # "auto" resolved for the drafter's device
         reused = 0.0
         label_s, start = self._respec_capture_s, time.perf_counter()
         if background:  # labels of the actor that generated these rollouts
@@ -238,7 +238,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
 
         from respec_verl.drafter.drafter_dir import checkpoint_tensors
 
-        if self.respec.evolution.overlap != "rollout":
+        if self._respec_learner.overlap != "rollout":
             self._respec_learner.wait()  # none is in flight after update_actor; this is a guard
         drafter = self._respec_learner.latest()  # with overlap "rollout", the newest finished one
         if self._respec_pushed == drafter.version:
