@@ -10,7 +10,18 @@ micro-batches of 4, the 2-layer self-draft with a 2048-token head, 4 drafter ste
 - `drafter/D`: the drafter update alone (synchronous), its forward in dtype D (`compute_dtype`);
 - `overlap/D[/threads=N[/nice=M]]`: the two together, the drafter update in the background, timed
   until both are done; with N torch threads in the update's thread and M more OS niceness
-  (set by this benchmark: the learner has no such knobs, because they did not help).
+  (set by this benchmark: the learner has no such knobs, because they did not help);
+- `overlap/D/stream` (`--device cuda`): the same with the update's kernels on a CUDA stream of
+  their own instead of the device's default stream, which the actor update's kernels use too
+  (torch's current stream is per thread and starts at the default stream), so that the GPU can
+  run the two side by side; the learner has no side stream yet: this measures whether it would pay.
+
+`--device cuda --model random` runs on a GPU with SmolLM2-135M's architecture and random weights
+(the timings do not depend on the weights, and nothing has to be carried to a machine that cannot
+reach the model's package): one script for a GPU session,
+
+    python bench/overlap_cost.py --device cuda --model random --rounds 5 \
+        --modes actor,drafter/bfloat16,overlap/bfloat16,overlap/bfloat16/stream --out overlap_cost_gpu.json
 
 Reports the median seconds of each, each overlap's cost over the actor alone (what the async update
 adds to the step; `paired`: the median of the per-round ratios) and the KD loss each drafter dtype
@@ -50,11 +61,31 @@ MODES = (
 )
 
 
-def parse_mode(mode: str) -> tuple[str, int, int]:
-    """(compute dtype, threads, nice) of a `drafter/...` or `overlap/...` mode."""
+def parse_mode(mode: str) -> tuple[str, int, int, bool]:
+    """(compute dtype, threads, nice, side stream) of a `drafter/...` or `overlap/...` mode."""
     parts = mode.split("/")
-    settings = dict(part.split("=") for part in parts[2:])
-    return parts[1], int(settings.get("threads", 0)), int(settings.get("nice", 0))
+    stream = "stream" in parts[2:]
+    settings = dict(part.split("=") for part in parts[2:] if part != "stream")
+    return parts[1], int(settings.get("threads", 0)), int(settings.get("nice", 0)), stream
+
+
+def random_smollm2(layers: int, device: torch.device) -> torch.nn.Module:
+    """SmolLM2-135M-Instruct's architecture (its config.json) with random weights, `layers` deep."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+        num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+        rms_norm_eps=1e-5, rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    return LlamaForCausalLM(config).to(device).eval()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @contextmanager
@@ -75,22 +106,34 @@ def cpu_share(threads: int, nice: int) -> Iterator[None]:
 
 
 class SharingLearner(DrafterLearner):
-    """A learner whose background update runs with `share` = (threads, nice)."""
+    """A learner whose background update runs with `share` = (threads, nice), on `stream` if set."""
 
     share = (0, 0)
+    stream: torch.cuda.Stream | None = None
 
     def _run(self, rollouts):
         if threading.current_thread() is threading.main_thread():
             return super()._run(rollouts)
         with cpu_share(*self.share):
-            return super()._run(rollouts)
+            if self.stream is None:
+                return super()._run(rollouts)
+            with torch.cuda.stream(self.stream):
+                result = super()._run(rollouts)
+            self.stream.synchronize()  # the published drafter is complete before any other stream reads it
+            return result
 
 
-def rollouts(tokenizer, n: int, response_length: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Demo-shaped prompts with random answers: the cost of an update does not depend on the text."""
+def rollouts(tokenizer, n: int, response_length: int, seed: int,
+             vocab_size: int = 49152) -> tuple[list[list[int]], list[list[int]]]:
+    """Demo-shaped prompts with random answers: the cost of an update does not depend on the text.
+    Without a tokenizer (`--model random`) the prompts are random too, of the demo's 45 tokens."""
     gen = torch.Generator().manual_seed(seed)
-    prompts = [encode_chat(tokenizer, p.question) for p in make_problems(n, seed=seed)]
-    responses = [torch.randint(0, tokenizer.vocab_size, (response_length,), generator=gen).tolist() for _ in prompts]
+    if tokenizer is None:
+        prompts = [torch.randint(3, vocab_size, (45,), generator=gen).tolist() for _ in range(n)]
+    else:
+        prompts = [encode_chat(tokenizer, p.question) for p in make_problems(n, seed=seed)]
+        vocab_size = tokenizer.vocab_size
+    responses = [torch.randint(0, vocab_size, (response_length,), generator=gen).tolist() for _ in prompts]
     return prompts, responses
 
 
@@ -98,10 +141,11 @@ def actor_update(actor, optimizer, prompts, responses, micro_batch: int) -> None
     """One policy-gradient-shaped update: log-prob loss of the answer tokens, micro-batched, one AdamW step."""
     actor.train()
     optimizer.zero_grad(set_to_none=True)
+    device = next(actor.parameters()).device
     for start in range(0, len(prompts), micro_batch):
         batch = make_kd_batch(prompts[start:start + micro_batch], responses[start:start + micro_batch])
-        ids, answer = batch.input_ids, batch.response_mask[:, :-1]
-        logits = actor(input_ids=ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+        ids, answer = batch.input_ids.to(device), batch.response_mask[:, :-1].to(device)
+        logits = actor(input_ids=ids, attention_mask=batch.attention_mask.to(device)).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
         loss = -(logp * answer).sum() / answer.sum()
         loss.backward()
@@ -115,25 +159,31 @@ def run_mode(mode: str, actor, optimizer, draft, labelled, data, args) -> tuple[
     Every drafter run is the first update of a fresh learner on the same rollouts, so the runs of
     both dtypes start alike and their losses compare.
     """
+    device = next(actor.parameters()).device
+    sync(device)
     if mode == "actor":
         start = time.perf_counter()
         actor_update(actor, optimizer, *data, args.micro_batch)
+        sync(device)
         return time.perf_counter() - start, None
-    dtype, threads, nice = parse_mode(mode)
+    dtype, threads, nice, stream = parse_mode(mode)
     background = mode.startswith("overlap")
     config = LearnerConfig(temperature=0.6, compute_dtype=dtype, async_update=background)
     learner = SharingLearner(draft, config, target=actor)
     learner.share = (threads, nice)
+    learner.stream = torch.cuda.Stream(device) if stream else None
     learner.add_labelled(labelled)
+    sync(device)
     start = time.perf_counter()
     learner.update(1)
     if background:
         actor_update(actor, optimizer, *data, args.micro_batch)
     metrics = learner.wait()
+    sync(device)
     return time.perf_counter() - start, metrics["respec/drafter/loss"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rollouts", type=int, default=16)
@@ -141,16 +191,31 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N]")
+    parser.add_argument("--model", default="smollm2", choices=("smollm2", "random"),
+                        help="SmolLM2-135M-Instruct from its package, or its architecture with random weights")
+    parser.add_argument("--layers", type=int, default=30, help="depth of the random model (SmolLM2 has 30)")
     parser.add_argument("--out", default="bench/results/overlap_cost.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     modes = args.modes.split(",")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch sees no CUDA device; allowed here: cpu")
+    if device.type != "cuda" and any(parse_mode(m)[3] for m in modes if m != "actor"):
+        parser.error("--modes: a `/stream` mode needs --device cuda")
+    if args.layers < 3:
+        parser.error("--layers must be >= 3 (the self-draft takes 2)")
 
     torch.manual_seed(args.seed)
-    actor, tokenizer = load_smollm2(torch.float32)
+    if args.model == "random":
+        actor, tokenizer = random_smollm2(args.layers, device), None
+    else:
+        actor, tokenizer = load_smollm2(torch.float32)
+        actor.to(device)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=1e-7)  # timing only: keep the actor where it is
-    vocab = pad_with_low_ids([tokenizer.eos_token_id], 2048, actor.config.vocab_size)
+    vocab = pad_with_low_ids([actor.config.eos_token_id], 2048, actor.config.vocab_size)
     draft = self_draft(actor, 2, vocab)
-    data = rollouts(tokenizer, args.rollouts, args.response_length, args.seed)
+    data = rollouts(tokenizer, args.rollouts, args.response_length, args.seed, actor.config.vocab_size)
     labeller = DrafterLearner(draft, LearnerConfig(temperature=0.6), target=actor)
     labeller.add_rollouts(*data, scores=[float(i % 2) for i in range(args.rollouts)])
     with labeller._lock:
@@ -171,7 +236,8 @@ def main() -> None:
 
     median = {m: statistics.median(t) for m, t in times.items()}
     actor_s = median.get("actor")
-    result = {"args": vars(args), "torch_threads": torch.get_num_threads(), "times_s": times, "median_s": median}
+    result = {"args": vars(args), "torch_threads": torch.get_num_threads(), "times_s": times, "median_s": median,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     result["kd_loss"] = {d: statistics.median(v) for d, v in losses.items()}  # equal in every run of a dtype
     if actor_s:
         result["overhead_over_actor"] = {m: median[m] / actor_s - 1 for m in modes if m.startswith("overlap")}

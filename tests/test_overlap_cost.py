@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 
 from respec_verl.drafter import LearnerConfig, self_draft
@@ -19,9 +22,10 @@ overlap = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(overlap)
 
 
-def test_modes_parse_into_dtype_threads_and_niceness():
-    assert overlap.parse_mode("drafter/bfloat16") == ("bfloat16", 0, 0)
-    assert overlap.parse_mode("overlap/float32/threads=1/nice=10") == ("float32", 1, 10)
+def test_modes_parse_into_dtype_threads_niceness_and_stream():
+    assert overlap.parse_mode("drafter/bfloat16") == ("bfloat16", 0, 0, False)
+    assert overlap.parse_mode("overlap/float32/threads=1/nice=10") == ("float32", 1, 10, False)
+    assert overlap.parse_mode("overlap/bfloat16/stream") == ("bfloat16", 0, 0, True)
     assert all(overlap.parse_mode(m)[0] in ("float32", "bfloat16") for m in overlap.MODES if m != "actor")
 
 
@@ -51,3 +55,20 @@ def test_the_share_applies_to_the_background_update_only_and_is_undone_for_later
     thread.start()
     thread.join()
     assert later == [caller] and torch.get_num_threads() == caller
+
+
+def test_a_random_smollm2_runs_every_cpu_mode_and_writes_json(tmp_path):
+    """The GPU session's script (`--model random`) on the CPU: SmolLM2's architecture, 3 layers."""
+    out = tmp_path / "overlap.json"
+    overlap.main(["--model", "random", "--layers", "3", "--rounds", "1", "--rollouts", "4",
+                  "--response-length", "4", "--modes", "actor,drafter/float32,overlap/float32", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and set(result["median_s"]) == {"actor", "drafter/float32", "overlap/float32"}
+    assert all(t > 0 for t in result["median_s"].values())
+    assert math.isfinite(result["kd_loss"]["float32"])
+
+
+def test_a_stream_mode_needs_a_gpu(capsys):
+    with pytest.raises(SystemExit):
+        overlap.main(["--model", "random", "--modes", "actor,overlap/float32/stream", "--out", "unused.json"])
+    assert "needs --device cuda" in capsys.readouterr().err
