@@ -111,14 +111,14 @@ class SharingLearner(DrafterLearner):
     share = (0, 0)
     stream: torch.cuda.Stream | None = None
 
-    def _run(self, rollouts):
+    def _run(self, rollouts, cpu_threads=None):
         if threading.current_thread() is threading.main_thread():
-            return super()._run(rollouts)
+            return super()._run(rollouts, cpu_threads)
         with cpu_share(*self.share):
             if self.stream is None:
-                return super()._run(rollouts)
+                return super()._run(rollouts, cpu_threads)
             with torch.cuda.stream(self.stream):
-                result = super()._run(rollouts)
+                result = super()._run(rollouts, cpu_threads)
             self.stream.synchronize()  # the published drafter is complete before any other stream reads it
             return result
 

@@ -411,3 +411,27 @@ def test_auto_compute_dtype_takes_bfloat16_only_where_the_cpu_runs_it_natively(f
     learner.add_rollouts(prompts, responses, rewards)
     learner.update(1)
     assert learner.seen[0] == logits_dtype
+
+
+class ThreadCounting(DrafterLearner):
+    """Notes torch's CPU thread count inside the update's loss."""
+
+    def _loss(self, draft_logits, batch):
+        self.threads_seen = torch.get_num_threads()
+        return super()._loss(draft_logits, batch)
+
+
+@pytest.mark.parametrize("async_update", [True, False])
+def test_an_update_runs_on_the_cpu_threads_asked_for_and_leaves_the_callers(async_update):
+    target = tiny_llama(seed=81)
+    prompts, responses, rewards = rollouts(target, 4)
+    caller = torch.get_num_threads()
+    asked = 1 if caller > 1 else 2  # differs from the caller's, so the check can fail
+    for step, (threads, expected) in enumerate(((asked, asked), (None, caller)), start=1):
+        learner = ThreadCounting(self_draft(target, 1), LearnerConfig(steps_per_update=1, batch_size=4, top_k=0,
+                                                                      async_update=async_update), target=target)
+        learner.add_rollouts(prompts, responses, rewards)
+        learner.update(step, cpu_threads=threads)
+        learner.wait()
+        assert learner.threads_seen == expected and learner.metrics["respec/drafter/update_ok"] == 1.0
+        assert torch.get_num_threads() == caller

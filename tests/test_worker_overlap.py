@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from respec_verl.drafter import DrafterLearner, LearnerConfig, self_draft
 from tests.conftest import tiny_llama
-from tests.test_learner import GatedLearner, rollouts
+from tests.test_learner import GatedLearner, ThreadCounting, rollouts
 
 
 def worker_with(learner: DrafterLearner, seen: dict, monkeypatch):
@@ -60,3 +62,22 @@ def test_auto_overlap_is_serial_on_a_cpu_and_beside_the_actor_update_on_an_accel
     for given in ("actor_update", "rollout", "none"):  # a value set by hand stays, on any device
         assert resolve_overlap(given, "cpu") == given and resolve_overlap(given, "cuda") == given
     assert LearnerConfig().overlap == "auto"
+
+
+def test_the_serial_update_takes_every_core_and_the_overlapped_one_the_workers(monkeypatch):
+    from respec_verl.verl_glue import worker as glue
+
+    caller = torch.get_num_threads()
+    monkeypatch.setattr(glue, "_cpu_cores", lambda: caller + 1)  # more than verl's worker gives torch
+    seen_threads = {}
+    for overlap in ("none", "actor_update"):
+        target = tiny_llama(seed=72)
+        config = LearnerConfig(steps_per_update=1, batch_size=4, top_k=0, overlap=overlap)
+        learner = ThreadCounting(self_draft(target, 1), config, target=target)
+        learner.started, learner.release = threading.Event(), threading.Event()
+        learner.release.set()
+        learner.started.set()
+        worker_with(learner, {}, monkeypatch).update_actor(None)
+        seen_threads[overlap] = learner.threads_seen
+    assert seen_threads == {"none": caller + 1, "actor_update": caller}
+    assert torch.get_num_threads() == caller

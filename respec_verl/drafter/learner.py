@@ -134,12 +134,14 @@ class DrafterLearner:
 
     # ---- updates ------------------------------------------------------------------------------
 
-    def update(self, step: int) -> dict[str, float] | None:
+    def update(self, step: int, cpu_threads: int | None = None) -> dict[str, float] | None:
         """Start the drafter update of RL step `step` (every `interval` steps) on the buffered rollouts.
 
         Sync mode returns this update's metrics. Async mode returns None at once (`wait()` gives the
         metrics); if the previous update is still running it first waits for it, so that no rollout
-        ever uses a drafter more than one version behind.
+        ever uses a drafter more than one version behind. `cpu_threads` sets torch's CPU threads for
+        the update's own thread (for an update that runs while nothing else computes: verl's Ray
+        workers run torch on one thread); None keeps the caller's.
         """
         if self.config.interval == 0 or step % self.config.interval != 0:
             return None
@@ -150,8 +152,10 @@ class DrafterLearner:
         if not rollouts:
             return None
         if not self.config.async_update:
-            return self._run(rollouts)
-        self._thread = threading.Thread(target=self._run, args=(rollouts,), name="respec-drafter-update", daemon=True)
+            return self._run(rollouts, cpu_threads)
+        self._thread = threading.Thread(
+            target=self._run, args=(rollouts, cpu_threads), name="respec-drafter-update", daemon=True
+        )
         self._thread.start()
         return None
 
@@ -195,11 +199,14 @@ class DrafterLearner:
         with self._lock:
             return dict(self._metrics)
 
-    def _run(self, rollouts: list[LabelledRollout]) -> dict[str, float]:
+    def _run(self, rollouts: list[LabelledRollout], cpu_threads: int | None = None) -> dict[str, float]:
         """One update, all or nothing; never raises (it runs in the RL loop's thread or in the background)."""
         start = time.perf_counter()
         snapshot, weights = None, torch.ones(len(rollouts))
+        before = torch.get_num_threads()  # torch's count is per thread: this thread's, restored below
         try:
+            if cpu_threads:
+                torch.set_num_threads(cpu_threads)
             snapshot = self._rollback_point()
             scores = torch.tensor([r.score for r in rollouts], dtype=torch.float32)
             weights = sequence_weights(scores, self.config.weighting, self.config.w_min)
@@ -213,6 +220,8 @@ class DrafterLearner:
             ok, losses, norms, tokens = False, [math.nan], [math.nan], 0
         else:
             ok = True
+        finally:
+            torch.set_num_threads(before)
         if ok and self.config.record_dir:
             try:
                 record_update(self.config.record_dir, published.version, rollouts)

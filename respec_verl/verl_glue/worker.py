@@ -94,6 +94,14 @@ def rollout_scores(data: Any, weighting: str) -> list[float] | None:
     return [float(r.flatten()[0]) if r.numel() else 0.0 for r in rows]
 
 
+def _cpu_cores() -> int:
+    """The cores this process may run on (Ray sets torch's threads in verl's workers to one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _flag(data: Any, key: str) -> Any:
     """A non-tensor entry of verl's batch (a TensorDict), None if absent."""
     try:
@@ -166,8 +174,8 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
             finished = learner.wait()  # the previous update's metrics, reported before this one can finish
             learner.update(self._respec_step)  # runs on through the weight sync and the next rollout
         elif background:
-            if overlap == "none":  # the same labels, trained after the actor update, not beside it
-                learner.update(self._respec_step)
+            if overlap == "none":  # the same labels, trained after the actor update, not beside it,
+                learner.update(self._respec_step, cpu_threads=_cpu_cores())  # on every core: nothing else runs
             finished = learner.wait()  # what is left of it is this step's cost
         else:  # labels of the updated actor, then train
             start = time.perf_counter()
