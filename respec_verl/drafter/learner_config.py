@@ -39,8 +39,8 @@ class LearnerConfig:
     or "none" (right after the actor update, in the foreground: the async labels at a serial
     update's cost, for hosts where overlapping costs more than it hides); "auto" is "none" where
     the drafter trains on a CPU, whose cores the actor update already uses (in verl's loop on the
-    2-core CPU the overlapped update added 6.5% to the step and the serial one 3.9%, measured
-    within one run each: `bench/update_overhead.py --modes alternate`), and "actor_update" on an
+    2-core CPU the overlapped update added 6.5% to the step and the serial one about 4%, measured
+    within runs: `bench/update_overhead.py --modes alternate`), and "actor_update" on an
     accelerator (`resolve_overlap`).
     """
 
