@@ -13,8 +13,8 @@ registered methods, each calling verl's:
   actor's that generated the rollouts (captured above; a rollout the pass did not cover, for
   example under verl's bypass mode, gets a forward taken before verl's update), and the drafter
   trains in the background while verl updates the actor (ReSpec's async overlap: the next rollout
-  uses a drafter one actor version behind; `evolution.overlap` moves it after the actor update or
-  on through the next rollout); without it the labels are the updated actor's and the drafter
+  uses a drafter one actor version behind; `evolution.overlap` moves it after the actor update,
+  which `auto` does where the drafter is on a CPU, or on through the next rollout); without it the labels are the updated actor's and the drafter
   trains after the actor update. Its metrics ride along with the actor's as
   `respec/drafter/*`, with `respec/drafter/labels_reused`, the share of rollouts labelled from
   verl's pass;
