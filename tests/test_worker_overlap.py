@@ -68,7 +68,8 @@ def test_the_serial_update_takes_every_core_and_the_overlapped_one_the_workers(m
     from respec_verl.verl_glue import worker as glue
 
     caller = torch.get_num_threads()
-    monkeypatch.setattr(glue, "_cpu_cores", lambda: caller + 1)  # more than verl's worker gives torch
+    cores = 1 if caller > 1 else 2  # differs from the caller's (vLLM in this process may cap the count at the cores)
+    monkeypatch.setattr(glue, "_cpu_cores", lambda: cores)
     seen_threads = {}
     for overlap in ("none", "actor_update"):
         target = tiny_llama(seed=72)
@@ -79,5 +80,5 @@ def test_the_serial_update_takes_every_core_and_the_overlapped_one_the_workers(m
         learner.started.set()
         worker_with(learner, {}, monkeypatch).update_actor(None)
         seen_threads[overlap] = learner.threads_seen
-    assert seen_threads == {"none": caller + 1, "actor_update": caller}
+    assert seen_threads == {"none": cores, "actor_update": caller}
     assert torch.get_num_threads() == caller
