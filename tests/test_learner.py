@@ -421,8 +421,15 @@ class ThreadCounting(DrafterLearner):
         return super()._loss(draft_logits, batch)
 
 
+@pytest.fixture
+def torch_threads_settable(monkeypatch):
+    """torch's own `set_num_threads`: vLLM's CPU worker, run in this test process by other tests,
+    replaces it with a no-op for its whole process after binding its threads."""
+    monkeypatch.setattr(torch, "set_num_threads", torch._C.set_num_threads)
+
+
 @pytest.mark.parametrize("async_update", [True, False])
-def test_an_update_runs_on_the_cpu_threads_asked_for_and_leaves_the_callers(async_update):
+def test_an_update_runs_on_the_cpu_threads_asked_for_and_leaves_the_callers(async_update, torch_threads_settable):
     target = tiny_llama(seed=81)
     prompts, responses, rewards = rollouts(target, 4)
     caller = torch.get_num_threads()

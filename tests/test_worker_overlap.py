@@ -10,7 +10,7 @@ import torch
 
 from respec_verl.drafter import DrafterLearner, LearnerConfig, self_draft
 from tests.conftest import tiny_llama
-from tests.test_learner import GatedLearner, ThreadCounting, rollouts
+from tests.test_learner import GatedLearner, ThreadCounting, rollouts, torch_threads_settable  # noqa: F401 (fixture)
 
 
 def worker_with(learner: DrafterLearner, seen: dict, monkeypatch):
@@ -64,7 +64,7 @@ def test_auto_overlap_is_serial_on_a_cpu_and_beside_the_actor_update_on_an_accel
     assert LearnerConfig().overlap == "auto"
 
 
-def test_the_serial_update_takes_every_core_and_the_overlapped_one_the_workers(monkeypatch):
+def test_the_serial_update_takes_every_core_and_the_overlapped_one_the_workers(monkeypatch, torch_threads_settable):
     from respec_verl.verl_glue import worker as glue
 
     caller = torch.get_num_threads()
