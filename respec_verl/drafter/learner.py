@@ -203,7 +203,7 @@ class DrafterLearner:
         """One update, all or nothing; never raises (it runs in the RL loop's thread or in the background)."""
         start = time.perf_counter()
         snapshot, weights = None, torch.ones(len(rollouts))
-        before = torch.get_num_threads()  # torch's count is per thread: this thread's, restored below
+        before = torch.get_num_threads()  # torch's count is per thread: this thread's, restored if changed
         try:
             if cpu_threads:
                 torch.set_num_threads(cpu_threads)
@@ -221,7 +221,8 @@ class DrafterLearner:
         else:
             ok = True
         finally:
-            torch.set_num_threads(before)
+            if cpu_threads:
+                torch.set_num_threads(before)
         if ok and self.config.record_dir:
             try:
                 record_update(self.config.record_dir, published.version, rollouts)
