@@ -71,6 +71,44 @@ def test_k_zero_is_plain_decoding_through_the_same_loop():
     assert out.token_ids == plain(target, RAGGED, params).token_ids
 
 
+def test_a_batch_that_never_speculates_never_runs_the_drafter():
+    """The prompt waits in the drafter's queue: a batch the controller keeps plain pays no drafter prefill."""
+    target = tiny_llama(seed=6)
+    drafter = self_draft(target, 1)
+    calls = []
+    drafter.model.register_forward_hook(lambda *_: calls.append(1))
+    SpeculativeEngine(target, drafter, FixedK(0)).generate(RAGGED, SamplingParams(temperature=0.0, max_new_tokens=6))
+    assert calls == []
+    SpeculativeEngine(target, drafter, FixedK(2)).generate(RAGGED, SamplingParams(temperature=0.0, max_new_tokens=6))
+    assert calls  # and the hook does see a speculating batch
+
+
+class LateStart:
+    """Plain decoding for the first `plain_steps` steps, then k = 3: speculation switched on mid-batch."""
+
+    def __init__(self, plain_steps: int):
+        self.plain_steps, self.calls = plain_steps, 0
+
+    def choose_k(self, batch_size: int) -> int:
+        self.calls += 1
+        return 0 if self.calls <= self.plain_steps else 3
+
+    def observe(self, record) -> None:
+        pass
+
+
+def test_speculation_switched_on_after_rows_have_finished():
+    """The drafter first sees the prompts (and the plain tokens since) of the rows still live, and only them."""
+    target = tiny_llama(seed=4)
+    free = plain(target, RAGGED, SamplingParams(temperature=0.0, max_new_tokens=30)).token_ids
+    eos = free[1][3]  # one row stops at its 4th token, during the plain steps
+    params = SamplingParams(temperature=0.0, max_new_tokens=30, stop_token_ids=(eos,))
+    reference = plain(target, RAGGED, params)
+    out = SpeculativeEngine(target, self_draft(target, 2), LateStart(plain_steps=6)).generate(RAGGED, params)
+    assert out.token_ids == reference.token_ids
+    assert len(reference.token_ids[1]) == 4 and out.stats.spec_steps > 0
+
+
 class Alternating:
     """A k policy that switches speculation on and off, exercising the drafter's catch-up pass."""
 

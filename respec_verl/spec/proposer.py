@@ -13,7 +13,9 @@ class DraftProposer:
     """Proposes k tokens per row with their probabilities q, and follows what the target accepted.
 
     Tokens emitted while speculation is off are queued and fed in one pass the next time k > 0
-    (ReSpec's "extend once"), so plain decoding steps cost the drafter nothing.
+    (ReSpec's "extend once"), so plain decoding steps cost the drafter nothing. The prompt is queued
+    the same way: a batch that never speculates (the controller keeps large batches plain) never
+    runs the drafter, and one that starts speculating later prefills only the rows still live.
     """
 
     def __init__(self, drafter: Drafter, target_vocab_size: int):
@@ -25,8 +27,8 @@ class DraftProposer:
         self._fed_drafts = 0
 
     def start(self, prompt_ids: torch.Tensor, prompt_valid: torch.Tensor, first_tokens: torch.Tensor) -> None:
-        self.state.forward(prompt_ids, prompt_valid, last_only=True)
-        self.pending = [[int(t)] for t in first_tokens]
+        """Queue each row's prompt (its valid tokens) and first token; the drafter runs on the first proposal."""
+        self.pending = [ids[valid].tolist() + [int(t)] for ids, valid, t in zip(prompt_ids, prompt_valid, first_tokens)]
 
     def push(self, tokens: torch.Tensor) -> None:
         """Queue tokens emitted by a plain decoding step."""
@@ -72,5 +74,6 @@ class DraftProposer:
             self.pending[row] = ([int(draft_tokens[row, k - 1])] if n == k else []) + [token]
 
     def select_rows(self, rows: torch.Tensor) -> None:
-        self.state.select_rows(rows)
+        if self.state.batch_size:  # the drafter has a cache once it has proposed
+            self.state.select_rows(rows)
         self.pending = [self.pending[r] for r in rows.tolist()]
