@@ -16,8 +16,8 @@ measures that best case, so the bar can be put against what the hardware and the
    tokens/s over plain's in the same round (`paired`, which cancels the machine's drift);
 4. the 64-request rollout runs once under plain decoding, to measure the share f of its wall time
    (prefill included) spent with at most 8 rows live, where the stragglers run; with the tail at
-   the best ratio s measured in (3) and everything else at parity, the whole rollout is at most 1 / ((1 - f) + f / s), and
-   1.5x would need s >= f / (1/1.5 - (1 - f)) in the tail.
+   the best ratio s measured in (3) and everything else at parity, the whole rollout is at most
+   1 / ((1 - f) + f / s), and 1.5x would need s >= f / (1/1.5 - (1 - f)) in the tail.
 
     python bench/long_tail_ceiling.py --out bench/results/long_tail_ceiling.json
 """
