@@ -26,6 +26,10 @@ setup(
         "gguf",
         "tqdm",
         "matplotlib",
+        "numpy",
+        "pandas",  # the tasks' parquet files (verl's data path)
+        "psutil",
+        "scipy",  # the reward curves' tests (run_comparison) and the statistical tests
         "pytest",
         # stops pip backtracking through virtualenv releases while resolving ray[default]
         "virtualenv==21.14.5",
