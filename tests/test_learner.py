@@ -399,9 +399,9 @@ def test_a_bfloat16_update_trains_like_a_float32_one():
 
 @pytest.mark.parametrize("flags,logits_dtype", [({"avx2"}, torch.float32), ({"avx2", "avx512_bf16"}, torch.bfloat16)])
 def test_auto_compute_dtype_takes_bfloat16_only_where_the_cpu_runs_it_natively(flags, logits_dtype, monkeypatch):
-    from respec_verl.drafter import precision
+    from respec_verl import cpu_features
 
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
     target = tiny_llama(seed=52)
     prompts, responses, rewards = rollouts(target, 4)
     config = LearnerConfig(steps_per_update=1, batch_size=4, top_k=0, async_update=False)

@@ -7,25 +7,9 @@ matmuls, so there float32 stays. `compute_dtype: auto` picks between the two.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
-
 import torch
 
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 matmuls
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux `/proc/cpuinfo`); empty where that file is missing."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+from respec_verl.cpu_features import cpu_has_fast_bf16
 
 
 def fast_bf16(device: torch.device | str) -> bool:
@@ -34,7 +18,7 @@ def fast_bf16(device: torch.device | str) -> bool:
     if kind == "cuda":  # Ampere (8.x) and later; `is_bf16_supported()` also counts emulation
         return torch.cuda.is_available() and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
     if kind == "cpu":
-        return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
+        return cpu_has_fast_bf16()
     return False
 
 
