@@ -136,21 +136,38 @@ def test_trainer_command():
 # ---------------------------------------------------------------- task files and tiny model
 
 
-def test_task_rows_are_in_verls_format_and_score(tmp_path):
+@pytest.mark.parametrize("task", ["add", "long"])
+def test_task_rows_are_in_verls_format_and_score(tmp_path, task):
     pd = pytest.importorskip("pandas")
-    from respec_verl.data.verl_task import DATA_SOURCE, compute_score, reward_path, write_verl_task
+    from respec_verl.data.tasks import get_task
+    from respec_verl.data.verl_task import compute_score, reward_path, write_verl_task
 
-    paths = write_verl_task(tmp_path, n_train=6, n_val=2)
+    paths = write_verl_task(tmp_path, n_train=6, n_val=2, task=task)
     train = pd.read_parquet(paths["train"])
     assert len(train) == 6 and len(pd.read_parquet(paths["val"])) == 2
     row = train.iloc[0]
-    assert row["data_source"] == DATA_SOURCE and row["prompt"][0]["role"] == "user"
-    answer = row["reward_model"]["ground_truth"]
-    assert int(answer) == row["extra_info"]["a"] + row["extra_info"]["b"]
-    assert compute_score(DATA_SOURCE, f"It is {answer}.", answer) == 1.0
-    assert compute_score(DATA_SOURCE, "It is 1000.", answer) == 0.0
+    source = get_task(task).data_source
+    assert row["data_source"] == source and row["prompt"][0]["role"] == "user"
+    truth = row["reward_model"]["ground_truth"]
+    if task == "add":
+        assert int(truth) == row["extra_info"]["a"] + row["extra_info"]["b"]
+        right, wrong = f"It is {truth}.", "It is 1000."
+    else:
+        assert int(truth) == row["extra_info"]["n"] and row["extra_info"]["topic"] in row["prompt"][0]["content"]
+        right = "\n".join(f"{i}. Item {i} is here." for i in range(1, int(truth) + 1))
+        wrong = "1. Only one."
+    assert compute_score(source, right, truth) == 1.0
+    assert compute_score(source, wrong, truth) < 1.0
     assert reward_path().name == "verl_task.py"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.parquet", "val.parquet"]  # no temp files left
+
+
+def test_unknown_task_writes_nothing(tmp_path):
+    from respec_verl.data.verl_task import write_verl_task
+
+    with pytest.raises(ValueError, match="--task = 'nope' is not valid; allowed: long, add"):
+        write_verl_task(tmp_path / "data", task="nope")
+    assert not (tmp_path / "data").exists()
 
 
 def test_tiny_model_loads_with_smollm2s_tokenizer(tmp_path):

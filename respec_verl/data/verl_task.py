@@ -1,10 +1,11 @@
-"""The arithmetic task in verl's RL format: train/val parquet files and the reward function.
+"""respec's tasks in verl's RL format: train/val parquet files and the reward function.
 
-Each row is what verl's `RLHFDataset` reads: `data_source`, `prompt` (chat messages, templated by
-the actor's tokenizer), `ability`, `reward_model` (`style` "rule" and the `ground_truth`) and
-`extra_info`. The reward is `compute_score` with verl's custom-reward signature; give verl this
-file's path, `reward.custom_reward_function.path=<.../respec_verl/data/verl_task.py>` (`reward_path()`),
-and verl loads the function from the file.
+Each row is what verl's `RLHFDataset` reads: `data_source` (which task), `prompt` (chat messages,
+templated by the actor's tokenizer), `ability`, `reward_model` (`style` "rule" and the
+`ground_truth`) and `extra_info`. The reward is `compute_score` with verl's custom-reward signature;
+give verl this file's path, `reward.custom_reward_function.path=<.../respec_verl/data/verl_task.py>`
+(`reward_path()`), and verl loads the function from the file. It scores every task of
+`respec_verl.data.tasks`, chosen by the row's `data_source`.
 """
 
 from __future__ import annotations
@@ -13,36 +14,35 @@ import os
 import tempfile
 from pathlib import Path
 
-from respec_verl.data.arithmetic import make_problems, score_answer
-
-DATA_SOURCE = "respec_arithmetic"
-ABILITY = "math"
+from respec_verl.data.tasks import DEFAULT_TASK, get_task, task_for_source
 
 
-def rows(n: int, seed: int, split: str, max_operand: int = 9) -> list[dict]:
-    """`n` verl dataset rows of addition problems drawn with `seed`."""
+def rows(n: int, seed: int, split: str, task: str = DEFAULT_TASK) -> list[dict]:
+    """`n` verl dataset rows of `task`'s questions drawn with `seed`."""
+    spec = get_task(task)
     return [
         {
-            "data_source": DATA_SOURCE,
-            "prompt": [{"role": "user", "content": problem.question}],
-            "ability": ABILITY,
-            "reward_model": {"style": "rule", "ground_truth": str(problem.answer)},
-            "extra_info": {"split": split, "index": index, "a": problem.a, "b": problem.b},
+            "data_source": spec.data_source,
+            "prompt": [{"role": "user", "content": question}],
+            "ability": spec.ability,
+            "reward_model": {"style": "rule", "ground_truth": truth},
+            "extra_info": {"split": split, "index": index, **info},
         }
-        for index, problem in enumerate(make_problems(n, seed=seed, max_operand=max_operand))
+        for index, (question, truth, info) in enumerate(spec.questions(n, seed))
     ]
 
 
 def write_verl_task(
-    folder: str | Path, n_train: int = 64, n_val: int = 8, seed: int = 0, max_operand: int = 9
+    folder: str | Path, n_train: int = 64, n_val: int = 8, seed: int = 0, task: str = DEFAULT_TASK
 ) -> dict[str, Path]:
-    """Write `train.parquet` and `val.parquet` into `folder` (each atomically); returns their paths.
+    """Write `task`'s `train.parquet` and `val.parquet` into `folder` (each atomically); returns their paths.
 
-    Train and val draw from different seeds, so the same sum may appear in both but the sets are
-    independent draws.
+    Train and val draw from different seeds, so the same question may appear in both but the sets
+    are independent draws.
     """
     import pandas as pd
 
+    get_task(task)  # a bad name fails before anything is written
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -51,7 +51,7 @@ def write_verl_task(
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{split}.", suffix=".parquet")
         os.close(fd)
         try:
-            pd.DataFrame(rows(n, split_seed, split, max_operand)).to_parquet(tmp, index=False)
+            pd.DataFrame(rows(n, split_seed, split, task)).to_parquet(tmp, index=False)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -66,7 +66,5 @@ def reward_path() -> Path:
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
-    """verl's custom reward: 1.0 when the last integer of the response is the sum, else 0.0."""
-    if data_source != DATA_SOURCE:
-        raise ValueError(f"compute_score scores {DATA_SOURCE!r} rows only, got data_source={data_source!r}")
-    return score_answer(int(ground_truth), solution_str)
+    """verl's custom reward: the score of the task that `data_source` names (see `tasks.TASKS`)."""
+    return task_for_source(data_source).score(str(ground_truth), solution_str)
