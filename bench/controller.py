@@ -11,7 +11,10 @@ noisy static runs is biased upward); beside it, the median of the ratios within 
 cancels the machine's drift between rounds (`paired`). One controller serves every
 run, as in a training job, so it carries its acceptance and cost estimates from one batch to the
 next. Finally one long-tail rollout (64 requests, a few of which run to a long cap while the rest
-stop early, as in an RL rollout) runs under the controller, the best static k and plain decoding.
+stop early, as in an RL rollout) runs under the controller, the best static k and plain decoding:
+with `--task long` (the default) the long-answer task's questions at its cap (numbered lists of
+5-15 items; the answers that lose count run on to the cap), with `--task add` sums with a few long
+stories among them. The drafter is also distilled on the task's answers to other questions.
 Writes JSON and a PNG plot.
 
     python bench/controller.py --out bench/results/controller.json
@@ -28,6 +31,7 @@ from pathlib import Path
 import torch
 
 from respec_verl.data.questions import make_long_tail_questions, make_questions
+from respec_verl.data.tasks import DEFAULT_TASK, TASKS, get_task
 from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
 from respec_verl.json_file import write_json_atomic
 from respec_verl.models.smollm2 import MODEL_NAME, encode_chat, load_smollm2
@@ -107,6 +111,13 @@ def paired_ratio(runs: dict[str, dict], name: str, baseline: str) -> float:
     return statistics.median(a / b for a, b in pairs)
 
 
+def long_tail_questions(task: str, n: int, seed: int, long_fraction: float) -> list[str]:
+    """The long-tail rollout's questions: the long task's own, or (add) sums with a `long_fraction` of long texts."""
+    if task == "long":
+        return [q for q, _, _ in get_task(task).questions(n, seed)]
+    return make_long_tail_questions(n, seed=seed, long_fraction=long_fraction)
+
+
 def tail_share(run: dict, small_batch: int = 8) -> float:
     """Share of a run's step time spent at live batch sizes <= `small_batch` (where speculation can pay)."""
     total = sum(run["step_times_s"])
@@ -145,10 +156,13 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
     parser.add_argument("--ks", default="1,2,3,4,6")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--tail-new-tokens", type=int, default=320, help="length cap of the long-tail rollout")
+    parser.add_argument("--task", choices=list(TASKS), default=DEFAULT_TASK, help="the long-tail rollout's workload")
+    parser.add_argument("--tail-new-tokens", type=int, default=None,
+                        help="length cap of the long-tail rollout (default: the task's cap for long, 320 for add)")
     parser.add_argument("--distill-steps", type=int, default=150)
     parser.add_argument("--long-fraction", type=float, default=0.0625,
-                        help="share of long-answer requests in the long-tail rollout (0.0625: about 4 stragglers of 64)")
+                        help="--task add: share of long-answer requests in the long-tail rollout (0.0625: about 4 "
+                             "stragglers of 64)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per configuration and batch size (median kept)")
     parser.add_argument("--profile-rounds", type=int, default=1,
                         help="passes over the profile's grid, the ks' order reversed every other pass "
@@ -169,8 +183,9 @@ def main() -> None:
     # the drafter learns the workload it serves, as an RL drafter learns the task's rollouts: the
     # templated questions, and some long texts like the long-tail rollout's stragglers
     train = [encode_chat(tokenizer, q) for q in make_questions(112, seed=args.seed)]
-    long_train = [encode_chat(tokenizer, q) for q in make_long_tail_questions(16, seed=args.seed + 5, long_fraction=1.0)]
-    long_params = SamplingParams(temperature=0.0, max_new_tokens=args.tail_new_tokens // 2, stop_token_ids=(eos,))
+    tail_cap = args.tail_new_tokens or (get_task(args.task).response_length if args.task == "long" else 320)
+    long_train = [encode_chat(tokenizer, q) for q in long_tail_questions(args.task, 16, args.seed + 5, 1.0)]
+    long_params = SamplingParams(temperature=0.0, max_new_tokens=tail_cap // 2, stop_token_ids=(eos,))
     answers = actor_answers(target32, train, params) + actor_answers(target32, long_train, long_params)
     drafter, _ = warm_up_self_draft(target32, train + long_train, answers, always_tokens=[eos],
                                     steps=args.distill_steps, seed=args.seed)
@@ -208,8 +223,8 @@ def main() -> None:
               f"{row['controller_over_plain']:10.2f} | paired {paired['controller_over_best_static']:.2f} "
               f"{paired['controller_over_plain']:.2f} ({row['rounds']} rounds)", flush=True)
 
-    tail_prompts = [encode_chat(tokenizer, q) for q in make_long_tail_questions(64, seed=args.seed + 2, long_fraction=args.long_fraction)]
-    tail_params = SamplingParams(temperature=0.0, max_new_tokens=args.tail_new_tokens, stop_token_ids=(eos,))
+    tail_prompts = [encode_chat(tokenizer, q) for q in long_tail_questions(args.task, 64, args.seed + 2, args.long_fraction)]
+    tail_params = SamplingParams(temperature=0.0, max_new_tokens=tail_cap, stop_token_ids=(eos,))
     best_k = max(ks, key=lambda k: sum(r["runs"][f"k={k}"]["tokens_per_s"] / r["runs"]["plain"]["tokens_per_s"] for r in by_batch))
     tail_engines = {name: engines[name] for name in ("plain", f"k={best_k}", "controller")}
     tail = repeated(tail_engines, tail_prompts, tail_params, args.tail_repeats)

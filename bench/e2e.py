@@ -1,13 +1,16 @@
-"""End to end: the demo's RL job (verl GRPO, vLLM rollouts) with speculation on and off, same seed.
+"""End to end: the demo's RL job (verl GRPO, vLLM rollouts) with speculation on and off, over seeds.
 
-The two runs go one after the other on the same machine, each with its own folder under --work:
-`respec-verl demo`'s job (`respec_verl.demo.DemoJob`) with `actor_rollout_ref.respec.enable=true`,
-then with `false`. Reports the rollout-time and step-time ratios (mean over the steps after the
-first, which pays the warm-up), and compares the reward curves (per-step binomial bands,
-Mann-Whitney U and the paired Wilcoxon test; `respec_verl/run_comparison.py`). Writes JSON and a
-PNG plot, and prints the table.
+For each seed, two runs of `respec-verl demo`'s job (`respec_verl.demo.DemoJob`) go one after the
+other on the same machine, each in its own folder under --work: `actor_rollout_ref.respec.enable=true`
+and `false`, from the same seed (same prompts and data order). The order alternates between seeds
+(on, off; off, on; ...) so that a drift of the machine's speed does not favour one side. Reports, per
+seed and as mean ± sd over the seeds: the rollout-time and step-time ratios (means over the steps
+after the first, which pays the warm-up), and the rollout's share of the step with speculation off
+and on; and compares the reward curves over every (seed, step) pair (Mann-Whitney U and the paired
+Wilcoxon test; `respec_verl/run_comparison.py`). Writes JSON and a PNG plot, and prints the table.
 
-    python bench/e2e.py --steps 6 --out bench/results/e2e.json     # or: respec-verl bench e2e ...
+    python bench/e2e.py --task long --seeds 0,1,2 --out bench/results/e2e_long.json
+    respec-verl bench e2e --task add --seeds 0 --steps 8 --out bench/results/e2e.json
 """
 
 from __future__ import annotations
@@ -16,46 +19,70 @@ import argparse
 import sys
 from pathlib import Path
 
+from respec_verl.data.tasks import DEFAULT_TASK, TASKS
 from respec_verl.demo import DEFAULT_STEPS, DemoJob, run_job, write_outputs
 from respec_verl.json_file import write_json_atomic
-from respec_verl.run_comparison import compare_runs, format_table, plot_comparison
+from respec_verl.run_comparison import compare_seeds, format_seeds_table, plot_seeds
+from respec_verl.verl_glue.launch import DTYPE_CHOICES
+
+
+def seeds_arg(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds = {text!r} is not valid; allowed: distinct integers, e.g. 0,1,2")
+    return seeds
+
+
+def run_order(index: int) -> tuple[tuple[str, bool], ...]:
+    """SD on first for even-numbered seeds, off first for odd ones."""
+    pair = (("spec", True), ("plain", False))
+    return pair if index % 2 == 0 else pair[::-1]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=list(TASKS), default=DEFAULT_TASK)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--model", default="smollm2", help="smollm2, tiny or a Hugging Face model folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=seeds_arg, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="CPU runs: auto follows the CPU's bf16 flags")
     parser.add_argument("--gpus", type=int, default=None, help="GPU host: GPUs per node (untested here)")
-    parser.add_argument("--work", default="respec_e2e_runs", help="folder for the two runs (logs, data, metrics)")
-    parser.add_argument("--out", default="bench/results/e2e.json", help="JSON result; the plot goes beside it (.png)")
+    parser.add_argument("--work", default="respec_e2e_runs", help="folder for the runs (logs, data, metrics)")
+    parser.add_argument("--out", default=None, help="JSON result (default bench/results/e2e_<task>.json); PNG beside it")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra Hydra override for both runs (repeatable)")
+                        help="extra Hydra override for every run (repeatable)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    out = Path(args.out or f"bench/results/e2e_{args.task}.json")
 
-    runs, summaries = {}, {}
-    for name, spec in (("spec", True), ("plain", False)):
-        job = DemoJob(model=args.model, steps=args.steps, seed=args.seed, spec=spec, gpus=args.gpus,
-                      overrides=tuple(args.override))
-        folder = Path(args.work) / name
-        print(f"[{name}] {args.steps} GRPO steps, speculation {'on' if spec else 'off'}, in {folder}", flush=True)
-        runs[name] = run_job(job, folder, progress=not args.no_progress)
-        summaries[name] = write_outputs(folder.resolve(), job, runs[name])
-        rollouts_per_step = job.prompts_per_step * job.group
+    records, summaries = {}, {}
+    for index, seed in enumerate(args.seeds):
+        runs = {}
+        for name, spec in run_order(index):
+            job = DemoJob(model=args.model, task=args.task, dtype=args.dtype, steps=args.steps, seed=seed, spec=spec,
+                          gpus=args.gpus, overrides=tuple(args.override))
+            folder = Path(args.work) / f"seed{seed}" / name
+            print(f"[seed {seed}, {name}] {args.steps} GRPO steps of task {args.task}, speculation "
+                  f"{'on' if spec else 'off'}, {job.dtype}, in {folder}", flush=True)
+            runs[name] = run_job(job, folder, progress=not args.no_progress)
+            summaries[f"seed{seed}/{name}"] = write_outputs(folder.resolve(), job, runs[name])
+        records[seed] = (runs["spec"].records, runs["plain"].records)
 
-    comparison = compare_runs(runs["spec"].records, runs["plain"].records)
-    out = Path(args.out)
+    comparison = compare_seeds(records)
     result = {
-        "args": vars(args),
+        "args": {**vars(args), "dtype": job.dtype},
         "comparison": comparison,
         "summaries": summaries,
-        "steps": {name: [r.to_json() for r in run.records] for name, run in runs.items()},
+        "steps": {str(seed): {"spec": [r.to_json() for r in spec], "plain": [r.to_json() for r in plain]}
+                  for seed, (spec, plain) in records.items()},
     }
     write_json_atomic(out, result)
-    plot_comparison(runs["spec"].records, runs["plain"].records, rollouts_per_step, comparison, out.with_suffix(".png"),
-                    title=f"GRPO on {args.model}, {args.steps} steps, seed {args.seed}: speculation on vs off")
-    print(format_table(comparison, summaries["spec"], summaries["plain"]))
+    plot_seeds(records, comparison, out.with_suffix(".png"),
+               title=f"GRPO on {args.model}, task {args.task}, {args.steps} steps, seeds {args.seeds}: SD on vs off")
+    print(format_seeds_table(comparison))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

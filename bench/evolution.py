@@ -17,7 +17,7 @@ measured on each actor snapshot with the core engine. Two short extra runs of th
 the step time with the drafter update synchronous and off, against the first steps of the main
 (async) run. Writes JSON and a PNG plot.
 
-    python bench/evolution.py --out bench/results/evolution.json      # or: respec-verl bench evolution
+    python bench/evolution.py --task long --out bench/results/evolution_long.json   # or: respec-verl bench evolution
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from respec_verl.data.arithmetic import make_problems
-from respec_verl.demo import WARMUP_QUESTIONS, DemoJob, run_job
+from respec_verl.data.tasks import DEFAULT_TASK, TASKS, get_task
+from respec_verl.demo import TASK_SETTINGS, DemoJob, run_job
 from respec_verl.drafter import Drafter, DrafterLearner, LearnerConfig
 from respec_verl.drafter.drafter_dir import load_drafter_dir
 from respec_verl.drafter.recording import recorded_updates
@@ -97,6 +97,7 @@ def accept_length(actor, drafter: Drafter, prompts, params: SamplingParams, k: i
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=list(TASKS), default=DEFAULT_TASK)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--snapshot-every", type=int, default=10)
     parser.add_argument("--timing-steps", type=int, default=5,
@@ -110,9 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--k", type=int, default=4, help="draft length of the acceptance measurement")
     parser.add_argument("--eval-prompts", type=int, default=32)
+    parser.add_argument("--eval-tokens", type=int, default=128,
+                        help="answer tokens of the acceptance measurement (at most the task's cap)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="respec_evolution_runs", help="folder for the runs and their records")
-    parser.add_argument("--out", default="bench/results/evolution.json")
+    parser.add_argument("--out", default=None, help="JSON (default bench/results/evolution_<task>.json); PNG beside it")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the RL runs already finished in --work (same settings) and redo only the offline part")
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--lr = {args.lr} is not valid; allowed: a number > 0")
     if args.drafter_steps < 1:
         parser.error(f"--drafter-steps = {args.drafter_steps} is not valid; allowed: an integer >= 1")
-    job = DemoJob(model=args.model, steps=args.steps, seed=args.seed, lr=args.lr,
+    job = DemoJob(model=args.model, task=args.task, steps=args.steps, seed=args.seed, lr=args.lr,
                   overrides=(f"actor_rollout_ref.respec.evolution.steps_per_update={args.drafter_steps}",))
     record = work / "evolving" / "record"
     if not (args.reuse and (work / "evolving" / RECORDS).exists()):
@@ -153,17 +156,19 @@ def main(argv: list[str] | None = None) -> None:
     drafters["uniform"], _, _ = replayed_drafters(frozen, updates, "uniform", snapshot_steps, learner_config)
     base_actor = resolve_model(args.model, work / "evolving")
     tokenizer = AutoTokenizer.from_pretrained(base_actor)
-    prompts = [encode_chat(tokenizer, p.question) for p in make_problems(args.eval_prompts, seed=args.seed + 20_000)]
-    questions = [p.question for p in make_problems(WARMUP_QUESTIONS, seed=job.seed + 10_000)]  # the warm-up's
+    task = get_task(args.task)
+    prompts = [encode_chat(tokenizer, q) for q, _, _ in task.questions(args.eval_prompts, seed=args.seed + 20_000)]
+    warm_up = TASK_SETTINGS[args.task]
+    questions = [q for q, _, _ in task.questions(warm_up.warmup_questions, seed=job.seed + 10_000)]  # the warm-up's
     evaluation = []
     for step in [0, *snapshot_steps]:
         actor_dir = base_actor if step == 0 else record / f"actor_step_{step}"
         actor = AutoModelForCausalLM.from_pretrained(actor_dir, dtype=torch.float32).eval()
-        params = SamplingParams(temperature=job.temperature, max_new_tokens=job.response_length,
+        params = SamplingParams(temperature=job.temperature, max_new_tokens=min(args.eval_tokens, job.response_length),
                                 stop_token_ids=stop_token_ids(tokenizer, actor))
         oracle_dir, _ = write_warm_self_draft(
             actor_dir, work / "oracle" / f"step_{step}", questions, steps=job.warmup_steps,
-            max_new_tokens=job.response_length, temperature=job.temperature, draft_vocab_size=job.draft_vocab_size,
+            max_new_tokens=warm_up.warmup_tokens, temperature=job.temperature, draft_vocab_size=job.draft_vocab_size,
             seed=job.seed,
         )
         row = {"step": step}
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                    "last_replayed_loss": reward_metrics.get("respec/drafter/loss"),
                    "last_in_run_loss": in_run_loss[-1] if in_run_loss else None},
     }
-    out = Path(args.out)
+    out = Path(args.out or f"bench/results/evolution_{args.task}.json")
     write_json_atomic(out, result)
     plot(result, out.with_suffix(".png"))
     print(f"after {last['step']} steps: reward-weighted / frozen = {result['reward_over_frozen']:.2f}, "

@@ -31,7 +31,8 @@ from typing import Sequence
 import torch
 
 from respec_verl.data.arithmetic import make_problems, score, sentence_reply
-from respec_verl.demo import WARMUP_QUESTIONS, DemoJob
+from respec_verl.data.tasks import TASKS
+from respec_verl.demo import TASK_SETTINGS, DemoJob
 from respec_verl.json_file import write_json_atomic
 from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--k", type=int, default=4, help="draft length of the acceptance measurement")
     parser.add_argument("--temperature", type=float, default=DemoJob.temperature, help="the demo's rollout temperature")
-    parser.add_argument("--response-length", type=int, default=DemoJob.response_length)
+    parser.add_argument("--response-length", type=int, default=TASKS["add"].response_length)
     parser.add_argument("--eval-prompts", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="respec_form_shift", help="folder for the actor checkpoints and drafters")
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     actor = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     stops = stop_token_ids(tokenizer, actor)
     params = SamplingParams(temperature=args.temperature, max_new_tokens=args.response_length, stop_token_ids=stops)
-    warm_questions = [p.question for p in make_problems(WARMUP_QUESTIONS, args.seed + 10_000, form="sentence")]
-    warm = dict(questions=warm_questions, steps=DemoJob.warmup_steps, max_new_tokens=args.response_length,
+    warm_questions = [p.question for p in make_problems(TASK_SETTINGS["add"].warmup_questions, args.seed + 10_000, form="sentence")]
+    warm = dict(questions=warm_questions, steps=TASK_SETTINGS["add"].warmup_steps, max_new_tokens=args.response_length,
                 temperature=args.temperature, draft_vocab_size=DemoJob.draft_vocab_size, seed=args.seed)
     print("distilling the frozen drafter on the base actor's answers", flush=True)
     frozen_dir, _ = write_warm_self_draft(base, work / "frozen", **warm)

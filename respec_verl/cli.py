@@ -7,7 +7,9 @@ import runpy
 import sys
 from pathlib import Path
 
-from respec_verl.demo import DEFAULT_STEPS, DemoJob
+from respec_verl.data.tasks import DEFAULT_TASK, TASKS
+from respec_verl.demo import DEFAULT_STEPS, TASK_SETTINGS, DemoJob
+from respec_verl.verl_glue.launch import DTYPE_CHOICES
 
 BENCHES = {
     "spec": "spec_vs_plain.py",
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="a short real GRPO run in verl with speculative rollouts (CPU: about 8 minutes)",
         description="Runs verl's GRPO trainer (python -m verl.trainer.main_ppo, our recipe recipes/respec_grpo) with "
-        "actor_rollout_ref.respec.enable=true on a locally generated arithmetic task: vLLM rollouts speculate with "
+        "actor_rollout_ref.respec.enable=true on a locally generated task (--task): vLLM rollouts speculate with "
         "a self-draft, the adaptive controller picks k per engine step, and the drafter is distilled from the actor "
         "after every update. Shows a progress bar with the live figures and writes metrics.jsonl, metrics.png, "
         "summary.json and verl's log to --out.",
@@ -39,13 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="respec_demo", help="output folder (default respec_demo)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the task, the data order, vLLM sampling and the drafter")
     demo.add_argument("--no-spec", action="store_true", help="the same job without speculation (respec.enable=false)")
+    demo.add_argument("--task", choices=list(TASKS), default=DEFAULT_TASK, help="; ".join(
+        f"{name}: {task.describe}" for name, task in TASKS.items()) + f" (default {DEFAULT_TASK})")
+    demo.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="rollout and trainer dtype on a CPU; "
+                      "auto (default): bfloat16 where the CPU has bf16 instructions (avx512_bf16, amx_bf16), else float32")
     demo.add_argument("--model", default="smollm2", help="smollm2 (default), tiny (a random 2-layer model, a smoke test) "
                       "or a Hugging Face model folder")
     demo.add_argument("--gpus", type=int, default=None, help="on a GPU host: GPUs per node; runs verl's GPU setup "
                       "instead of the CPU one (untested here)")
-    demo.add_argument("--warmup-steps", type=int, default=DemoJob.warmup_steps, help="distil the self-draft offline "
-                      "on the actor's answers for this many steps before RL (ReSpec's initialisation; default "
-                      f"{DemoJob.warmup_steps}; 0: the drafter is cut from the actor and learns online only)")
+    demo.add_argument("--warmup-steps", type=int, default=None, help="distil the self-draft offline on the actor's "
+                      "answers for this many steps before RL (ReSpec's initialisation; default: " + ", ".join(
+                          f"{s.warmup_steps} for {name}" for name, s in TASK_SETTINGS.items())
+                      + "; 0: the drafter is cut from the actor and learns online only)")
     demo.add_argument("--temperature", type=float, default=DemoJob.temperature, help="rollout temperature (default "
                       f"{DemoJob.temperature}, ReSpec's)")
     demo.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -133,7 +140,8 @@ def run_demo_command(opts: argparse.Namespace) -> None:
     from respec_verl.demo import DemoJob, run_demo
 
     try:
-        job = DemoJob(model=opts.model, steps=opts.steps, seed=opts.seed, spec=not opts.no_spec, gpus=opts.gpus,
+        job = DemoJob(model=opts.model, task=opts.task, dtype=opts.dtype, steps=opts.steps, seed=opts.seed,
+                      spec=not opts.no_spec, gpus=opts.gpus,
                       warmup_steps=opts.warmup_steps, temperature=opts.temperature, overrides=tuple(opts.override))
     except ValueError as e:
         raise SystemExit(f"respec-verl demo: {e}") from None

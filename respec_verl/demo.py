@@ -1,8 +1,9 @@
 """`respec-verl demo`: a short, real GRPO run in verl with speculative rollouts, on a laptop's CPU.
 
 It runs `python -m verl.trainer.main_ppo` with our GRPO recipe (`recipes/respec_grpo`) and the one
-key, `actor_rollout_ref.respec.enable=true`, on the arithmetic task written locally
-(`respec_verl/data/verl_task.py`), SmolLM2-135M-Instruct as the actor. While it runs, a progress bar
+key, `actor_rollout_ref.respec.enable=true`, on a task written locally (`respec_verl/data/tasks.py`:
+`long`, numbered lists with long answers and a long tail, by default; `add`, small sums answered in
+a few tokens, with `--task add`), SmolLM2-135M-Instruct as the actor. While it runs, a progress bar
 shows each step's reward, acceptance length, the controller's mean k and the drafter's version.
 It writes to the output folder:
 
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from respec_verl.data.tasks import DEFAULT_TASK, get_task
 from respec_verl.json_file import write_json_atomic
 from respec_verl.run_progress import LogProgress
 from respec_verl.run_report import (
@@ -43,7 +45,28 @@ from respec_verl.run_report import (
 DEFAULT_STEPS = 5  # about 8 minutes on a 2-core CPU with SmolLM2 (docs/results.md section 5)
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "respec_grpo" / "config"
 LOG_NAME = "main_ppo.log"
-WARMUP_QUESTIONS = 128  # prompts the actor answers for the offline warm-up
+MAX_PROMPT_TOKENS = 64  # the launcher's data.max_prompt_length: both tasks' chat prompts fit
+KV_BLOCK_TOKENS = 128  # vLLM-CPU's KV cache block
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What a job takes from its task where the user leaves it unset."""
+
+    micro_batch: int  # sequences per trainer forward/backward
+    warmup_steps: int  # optimizer steps of the drafter's offline distillation
+    warmup_questions: int  # prompts the actor answers for it (not the training prompts)
+    warmup_tokens: int  # the cap of those answers
+
+
+TASK_SETTINGS = {
+    # micro-batches of 4 short sequences: the [batch, tokens, 49152] logits dominate the trainer's peak memory
+    # (2 saves 0.2 GiB of the run's peak but makes the actor update 30% slower: docs/notebook, section 5 "Memory")
+    "add": TaskSettings(micro_batch=4, warmup_steps=120, warmup_questions=128, warmup_tokens=32),
+    # one sequence per micro-batch: verl pads a micro-batch to its longest sequence, and the long task's
+    # answers run from 20 to 384 tokens, so larger micro-batches compute mostly padding
+    "long": TaskSettings(micro_batch=1, warmup_steps=60, warmup_questions=32, warmup_tokens=128),
+}
 CPU_MEMORY_GIB = {"tiny": 8.0, "smollm2": 10.5}  # peak host memory of the default job, measured on a CPU
 
 
@@ -52,25 +75,45 @@ class DemoJob:
     """The RL job: the same for speculation on and off, so that the two can be compared."""
 
     model: str = "smollm2"  # "tiny", "smollm2" or a Hugging Face folder
+    task: str = DEFAULT_TASK  # a name in respec_verl.data.tasks.TASKS
     steps: int = DEFAULT_STEPS
     seed: int = 0
     spec: bool = True
     gpus: int | None = None  # None: this CPU; N: a GPU host with N GPUs (untested here)
+    # the CPU run's rollout and trainer dtype: auto is bfloat16 where the CPU has bf16 instructions, else
+    # float32 (`launch.cpu_dtype`); resolved when the job is made, so the summary records what ran
+    dtype: str = "auto"
     prompts_per_step: int = 4
     group: int = 4  # GRPO group: responses per prompt
-    response_length: int = 32
+    response_length: int | None = None  # tokens; None: the task's cap
     # ReSpec's rollout temperature; SmolLM2 solves half of the sums at it, against a fifth at 1.0,
     # so more groups hold both right and wrong answers (GRPO's signal): docs/results.md section 5
     temperature: float = 0.6
-    micro_batch: int = 4  # sequences per trainer forward/backward
+    micro_batch: int | None = None  # sequences per trainer forward/backward; None: the task's (TASK_SETTINGS)
     lr: float = 2e-5
     # distil the self-draft offline for this many steps before RL (ReSpec Algorithm 1's initialisation);
-    # 0 cuts it from the actor untrained. The tiny smoke-test model (random weights) always skips it.
-    warmup_steps: int = 120
+    # 0 cuts it from the actor untrained; None: the task's (TASK_SETTINGS). The tiny smoke-test model
+    # (random weights) always skips it.
+    warmup_steps: int | None = None
     draft_vocab_size: int = 2048  # the self-draft's output vocabulary (its full head is a fifth of SmolLM2)
     overrides: Sequence[str] = field(default_factory=tuple)  # extra Hydra overrides, applied last
 
     def __post_init__(self):
+        get_task(self.task)  # names the allowed tasks
+        from respec_verl.verl_glue.launch import cpu_dtype
+
+        try:
+            self.dtype = cpu_dtype(self.dtype)
+        except ValueError as error:
+            raise ValueError(f"--{error}") from None
+        if self.response_length is None:
+            self.response_length = get_task(self.task).response_length
+        if self.micro_batch is None:
+            self.micro_batch = TASK_SETTINGS[self.task].micro_batch
+        if self.warmup_steps is None:
+            self.warmup_steps = TASK_SETTINGS[self.task].warmup_steps
+        if self.response_length < 1:
+            raise ValueError(f"response_length = {self.response_length} is not valid; allowed: an integer >= 1")
         if self.steps < 1:
             raise ValueError(f"--steps = {self.steps} is not valid; allowed: an integer >= 1")
         if self.gpus is not None and self.gpus < 1:
@@ -88,6 +131,11 @@ class DemoJob:
         return self.spec and self.warmup_steps > 0 and self.model != "tiny"
 
 
+def max_model_len(job: DemoJob) -> int:
+    """vLLM's context length for the job: the prompt's cap plus the response's, in whole KV blocks."""
+    return KV_BLOCK_TOKENS * -(-(MAX_PROMPT_TOKENS + job.response_length) // KV_BLOCK_TOKENS)
+
+
 def job_overrides(job: DemoJob, drafter_path: str | os.PathLike | None = None) -> list[str]:
     """The Hydra overrides of the job, on top of the launcher's short-run and CPU settings."""
     rollouts = job.prompts_per_step * job.group
@@ -100,8 +148,7 @@ def job_overrides(job: DemoJob, drafter_path: str | os.PathLike | None = None) -
         f"actor_rollout_ref.rollout.seed={job.seed}",
         f"actor_rollout_ref.rollout.max_num_seqs={rollouts}",
         f"actor_rollout_ref.rollout.max_num_batched_tokens={max(512, rollouts * 64)}",
-        # micro-batches of 4 sequences: the [batch, tokens, 49152] logits dominate the trainer's peak memory
-        # (2 saves 0.2 GiB of the run's peak but makes the actor update 30% slower: docs/results.md section 5)
+        f"actor_rollout_ref.rollout.max_model_len={max_model_len(job)}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={job.micro_batch}",
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={job.micro_batch}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={job.prompts_per_step}",  # one actor update per step
@@ -128,9 +175,10 @@ def job_overrides(job: DemoJob, drafter_path: str | os.PathLike | None = None) -
     if job.gpus is not None:
         overrides += ["trainer.device=cuda", f"trainer.n_gpus_per_node={job.gpus}"]
     else:
-        # vLLM-CPU sizes its KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE, 1 at least); the job needs
-        # one 128-token block per sequence plus one for the speculative lookahead (SmolLM2: 0.2 GiB)
-        overrides.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.num_gpu_blocks_override={2 * rollouts}")
+        # vLLM-CPU sizes its KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE, 1 at least); the job needs the
+        # blocks of a whole sequence per rollout plus one for the speculative lookahead (SmolLM2, add: 0.2 GiB)
+        blocks = rollouts * (-(-max_model_len(job) // KV_BLOCK_TOKENS) + 1)
+        overrides.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.num_gpu_blocks_override={blocks}")
     return overrides + list(job.overrides)
 
 
@@ -149,20 +197,21 @@ def warm_drafter(job: DemoJob, work_dir: Path, actor_dir: Path) -> Path:
 
     The distillation runs in a child process (`in_child`).
     """
-    from respec_verl.data.arithmetic import make_problems
     from respec_verl.drafter.warm_folder import write_warm_self_draft
 
     folder = work_dir / "warm_drafter"
-    stamp = {"model": job.model, "steps": job.warmup_steps, "seed": job.seed, "response_length": job.response_length,
+    settings = TASK_SETTINGS[job.task]
+    stamp = {"model": job.model, "task": job.task, "steps": job.warmup_steps, "seed": job.seed, "tokens": settings.warmup_tokens,
              "temperature": job.temperature, "draft_vocab_size": job.draft_vocab_size}
     stamp_file = folder / "respec_warmup.json"
     if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
         return folder
     print(f"distilling a 2-layer self-draft offline on the actor's answers ({job.warmup_steps} steps, "
           f"{job.draft_vocab_size}-token vocabulary)", flush=True)
-    questions = [p.question for p in make_problems(WARMUP_QUESTIONS, seed=job.seed + 10_000)]  # not the training prompts
+    # not the training prompts
+    questions = [q for q, _, _ in get_task(job.task).questions(settings.warmup_questions, seed=job.seed + 10_000)]
     kwargs = dict(actor_dir=actor_dir, out_dir=folder, questions=questions,
-                  steps=job.warmup_steps, max_new_tokens=job.response_length, temperature=job.temperature,
+                  steps=job.warmup_steps, max_new_tokens=settings.warmup_tokens, temperature=job.temperature,
                   draft_vocab_size=job.draft_vocab_size, seed=job.seed)
     _, losses = in_child(write_warm_self_draft, **kwargs)
     print(f"drafter distilled: KD loss {losses[0]:.2f} -> {losses[-1]:.2f}", flush=True)
@@ -218,7 +267,7 @@ def run_job(job: DemoJob, work_dir: str | os.PathLike, progress: bool = True, ti
     work_dir.mkdir(parents=True, exist_ok=True)
     prepare_run_folder(work_dir)
     data_dir = work_dir / "data"
-    write_verl_task(data_dir, n_train=max(64, job.steps * job.prompts_per_step), n_val=8, seed=job.seed)
+    write_verl_task(data_dir, n_train=max(64, job.steps * job.prompts_per_step), n_val=8, seed=job.seed, task=job.task)
     timeout_s = timeout_s or 900.0 + 300.0 * job.steps
     # the first use of SmolLM2 converts the packaged GGUF: torch and a model, done in a child
     actor_dir = in_child(launcher.resolve_model, job.model, work_dir)
@@ -230,7 +279,7 @@ def run_job(job: DemoJob, work_dir: str | os.PathLike, progress: bool = True, ti
         if job.gpus is None:
             result = launcher.launch(
                 actor_dir, work_dir, data_dir=data_dir, steps=job.steps, config_path=RECIPE, config_name="respec_grpo",
-                overrides=overrides, timeout_s=timeout_s,
+                overrides=overrides, timeout_s=timeout_s, dtype=job.dtype,
             )
             run = result.run
             metrics = result.metrics

@@ -1,25 +1,25 @@
-"""Two runs of the same RL job, speculation on and off: how much faster, and did learning change?
+"""Runs of the same RL job, speculation on and off: how much faster, and did learning change?
 
 Speed: the ratio of the mean rollout time (verl's `timing_s/gen`) and of the mean step time over
-the steps after the first (which pays the warm-up), plain over speculative (> 1: SD is faster).
+the steps after the first (which pays the warm-up), plain over speculative (> 1: SD is faster), per
+seed and as mean ± sd over seeds; and the rollout's share of the step.
 
 Learning: speculative decoding is lossless, so with the same seed and data order the two reward
-curves should differ only by sampling noise. Each step's reward is a mean over `n` 0/1 rewards;
-its 95% band is the binomial one, mean ± 1.96 sqrt(p (1 - p) / n). Two tests compare the per-step
-mean rewards: Mann-Whitney U (two-sided; the steps of each run as two samples) and the Wilcoxon
-signed-rank test paired by step (both runs see the same prompts at the same step). A p-value above
-0.05 means the test cannot tell the curves apart at that level; with few steps it has little power,
-so read it together with the mean difference and the bands.
+curves should differ only by sampling noise. Two tests compare the per-step mean rewards over all
+(seed, step) pairs: Mann-Whitney U (two-sided; the steps of each side as two samples) and the
+Wilcoxon signed-rank test paired by (seed, step) (both runs see the same prompts at the same step).
+A p-value above 0.05 means the test cannot tell the curves apart at that level; with few steps it
+has little power, so read it together with the mean difference.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from respec_verl.run_report import RLStep, after_warmup, save_figure
+from respec_verl.run_report import RLStep, after_warmup, rollout_share, save_figure
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -28,12 +28,6 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def mean_after_warmup(records: Sequence[RLStep], name: str) -> float | None:
     return _mean([v for v in (getattr(r, name) for r in after_warmup(records)) if v is not None])
-
-
-def reward_band(reward: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The binomial band of a mean of `n` 0/1 rewards, clipped to [0, 1]."""
-    half = z * math.sqrt(max(reward * (1.0 - reward), 0.0) / n)
-    return max(0.0, reward - half), min(1.0, reward + half)
 
 
 def compare_rewards(spec: Sequence[float], plain: Sequence[float]) -> dict:
@@ -76,68 +70,103 @@ def compare_runs(spec: Sequence[RLStep], plain: Sequence[RLStep]) -> dict:
     return {**speed, **rewards}
 
 
-def plot_comparison(spec: Sequence[RLStep], plain: Sequence[RLStep], rollouts_per_step: int, comparison: dict,
-                    path: str | os.PathLike, title: str = "") -> Path:
-    """Left: both reward curves with their bands and the tests' p-values; right: rollout and step times."""
+def _spread(values: Sequence[float]) -> dict:
+    """Mean, sample standard deviation, min and max of per-seed figures."""
+    mean = _mean(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "per_seed": list(values)}
+
+
+def compare_seeds(runs: Mapping[int, tuple[Sequence[RLStep], Sequence[RLStep]]]) -> dict:
+    """SD on vs off over several seeds: each seed's speed ratios and rollout shares with their spread,
+    and one reward comparison over every (seed, step) pair (both runs of a seed see the same prompts)."""
+    per_seed = {seed: compare_runs(spec, plain) for seed, (spec, plain) in runs.items()}
+    spec_rewards, plain_rewards = [], []
+    for spec, plain in runs.values():
+        by_step = {r.step: r.reward for r in plain}
+        for r in spec:
+            if r.reward is not None and by_step.get(r.step) is not None:
+                spec_rewards.append(r.reward)
+                plain_rewards.append(by_step[r.step])
+    out = {"seeds": list(runs), "per_seed": per_seed}
+    for name in ("rollout_s_speedup", "step_s_speedup"):
+        values = [c[name] for c in per_seed.values() if c[name] is not None]
+        out[name] = _spread(values) if values else None
+    for label, index in (("rollout_share_spec", 0), ("rollout_share_plain", 1)):
+        values = [v for v in (rollout_share(pair[index]) for pair in runs.values()) if v is not None]
+        out[label] = _spread(values) if values else None
+    out["rewards"] = compare_rewards(spec_rewards, plain_rewards)
+    return out
+
+
+def plot_seeds(runs: Mapping[int, tuple[Sequence[RLStep], Sequence[RLStep]]], comparison: dict,
+               path: str | os.PathLike, title: str = "") -> Path:
+    """Rewards (each seed thin, the mean over seeds thick), rollout times, and each seed's speed ratios."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fig, (reward_ax, time_ax) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for records, label, color in ((spec, "SD on", "tab:green"), (plain, "SD off", "tab:blue")):
-        points = [(r.step, r.reward) for r in records if r.reward is not None]
-        if not points:
-            continue
-        steps, rewards = zip(*points)
-        low, high = zip(*(reward_band(r, rollouts_per_step) for r in rewards))
-        reward_ax.plot(steps, rewards, marker="o", color=color, label=label)
-        reward_ax.fill_between(steps, low, high, color=color, alpha=0.15)
-    p_mw, p_w = comparison.get("mann_whitney_p"), comparison.get("wilcoxon_p")
-    note = (f"Mann-Whitney p = {p_mw:.2f}, Wilcoxon (paired) p = {p_w:.2f}"
-            if p_mw is not None and p_w is not None else "not enough steps to test")
-    reward_ax.set(xlabel="RL step", ylabel=f"mean reward (band: 95%, n = {rollouts_per_step})", ylim=(-0.05, 1.05),
-                  title=f"Reward: {note}")
+    fig, (reward_ax, time_ax, ratio_ax) = plt.subplots(1, 3, figsize=(17, 4.8))
+    for index, label, color in ((0, "SD on", "tab:green"), (1, "SD off", "tab:blue")):
+        by_step: dict[int, list[float]] = {}
+        for pair in runs.values():
+            records = pair[index]
+            points = [(r.step, r.reward) for r in records if r.reward is not None]
+            if points:
+                reward_ax.plot(*zip(*points), color=color, alpha=0.25, linewidth=1)
+            for step, reward in points:
+                by_step.setdefault(step, []).append(reward)
+            time_ax.plot([r.step for r in records], [r.rollout_s if r.rollout_s is not None else float("nan")
+                                                     for r in records], marker="o", color=color, alpha=0.6)
+        steps = sorted(by_step)
+        reward_ax.plot(steps, [_mean(by_step[s]) for s in steps], marker="o", color=color, linewidth=2.5,
+                       label=f"{label} (mean over seeds)")
+        time_ax.plot([], [], marker="o", color=color, label=f"rollout, {label} (one line per seed)")
+    rewards = comparison["rewards"]
+    note = (f"Mann-Whitney p = {rewards['mann_whitney_p']:.2f}, Wilcoxon (paired) p = {rewards['wilcoxon_p']:.2f}"
+            if rewards.get("mann_whitney_p") is not None and rewards.get("wilcoxon_p") is not None else "too few steps")
+    reward_ax.set(xlabel="RL step", ylabel="mean reward", ylim=(-0.05, 1.05), title=f"Reward: {note}")
     reward_ax.legend()
-    for records, label, color in ((spec, "SD on", "tab:green"), (plain, "SD off", "tab:blue")):
-        steps = [r.step for r in records]
-        time_ax.plot(steps, [r.rollout_s if r.rollout_s is not None else float("nan") for r in records],
-                     marker="o", color=color, label=f"rollout, {label}")
-        time_ax.plot(steps, [r.step_s if r.step_s is not None else float("nan") for r in records],
-                     marker="s", linestyle="--", color=color, label=f"whole step, {label}")
-    speedup = comparison.get("rollout_s_speedup")
-    time_ax.set(xlabel="RL step", ylabel="seconds",
-                title="Time per step" + (f": rollout time SD off / SD on = {speedup:.2f}x" if speedup else ""))
+    time_ax.set(xlabel="RL step", ylabel="seconds", title="Rollout time per step (timing_s/gen)")
     time_ax.legend()
+    seeds = [str(s) for s in comparison["seeds"]]
+    width = 0.38
+    for offset, name, label in ((-width / 2, "rollout_s_speedup", "rollout"), (width / 2, "step_s_speedup", "whole step")):
+        values = [comparison["per_seed"][s][name] or float("nan") for s in comparison["seeds"]]
+        ratio_ax.bar([i + offset for i in range(len(seeds))], values, width, label=label)
+    ratio_ax.axhline(1.0, color="k", linewidth=0.8)
+    ratio_ax.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
+    ratio_ax.set(ylabel="time SD off / SD on (> 1: SD faster)", title="Speed-up per seed (steps after the first)")
+    ratio_ax.legend()
     return save_figure(fig, path, title)
 
 
-def format_table(comparison: dict, spec_summary: dict, plain_summary: dict) -> str:
-    """The benchmark's table (Markdown)."""
+def format_seeds_table(comparison: dict) -> str:
+    """The multi-seed benchmark's table (Markdown)."""
 
-    def f(value, spec=".2f"):
-        return "-" if value is None else format(value, spec)
+    def spread(entry, spec=".2f"):
+        if entry is None:
+            return "-"
+        return (f"{entry['mean']:{spec}} ± {entry['sd']:{spec}} (min {entry['min']:{spec}}, max {entry['max']:{spec}})")
 
-    rows = [
-        ("rollout time per step (s)", f(comparison["rollout_s_spec"], ".1f"), f(comparison["rollout_s_plain"], ".1f"),
-         f(comparison["rollout_s_speedup"]) + "x"),
-        ("step time (s)", f(comparison["step_s_spec"], ".1f"), f(comparison["step_s_plain"], ".1f"),
-         f(comparison["step_s_speedup"]) + "x"),
-        ("mean reward", f(comparison["reward_mean_spec"]), f(comparison["reward_mean_plain"]),
-         f"diff {f(comparison['reward_mean_diff'], '+.3f')}"),
-        ("acceptance length", f(spec_summary.get("accept_length_last")), "-", ""),
-        ("drafter version (last)", f(spec_summary.get("drafter_version_last"), ".0f"), "-", ""),
-        ("run wall time (min)", f(spec_summary["wall_s"] / 60, ".1f"), f(plain_summary["wall_s"] / 60, ".1f"), ""),
-        ("peak memory (GiB, host)", f(spec_summary["peak_host_used_gib"], ".1f"),
-         f(plain_summary["peak_host_used_gib"], ".1f"), ""),
+    rewards = comparison["rewards"]
+    lines = [
+        f"| over seeds {', '.join(map(str, comparison['seeds']))} | mean ± sd (min, max) |",
+        "|---|---|",
+        f"| rollout time, SD off / SD on | {spread(comparison['rollout_s_speedup'])} |",
+        f"| step time, SD off / SD on | {spread(comparison['step_s_speedup'])} |",
+        f"| rollout share of the step, SD off | {spread(comparison['rollout_share_plain'])} |",
+        f"| rollout share of the step, SD on | {spread(comparison['rollout_share_spec'])} |",
+        f"| mean reward, SD on / SD off | {rewards['reward_mean_spec']:.3f} / {rewards['reward_mean_plain']:.3f} |"
+        if rewards["reward_mean_spec"] is not None else "| mean reward | - |",
     ]
-    lines = ["| | SD on | SD off | SD off / SD on |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    p_mw, p_w = rewards["mann_whitney_p"], rewards["wilcoxon_p"]
     lines.append(
-        f"\nrewards: Mann-Whitney p = {f(comparison['mann_whitney_p'], '.3f')}, Wilcoxon signed-rank (paired by step) "
-        f"p = {f(comparison['wilcoxon_p'], '.3f')} over {comparison['steps']} steps; "
-        + ("the tests cannot tell the curves apart at 0.05" if comparison["indistinguishable_at_0.05"]
+        f"\nrewards over {rewards['steps']} (seed, step) pairs: Mann-Whitney p = "
+        f"{'-' if p_mw is None else f'{p_mw:.3f}'}, Wilcoxon signed-rank (paired) p = {'-' if p_w is None else f'{p_w:.3f}'}; "
+        + ("the tests cannot tell the curves apart at 0.05" if rewards["indistinguishable_at_0.05"]
            else "a test finds a difference at 0.05")
     )
     return "\n".join(lines)

@@ -28,6 +28,7 @@ METRIC_NAMES = {
     "rollout_s": "timing_s/gen",
     "step_s": "timing_s/step",
     "response_length": "response_length/mean",
+    "response_length_max": "response_length/max",
     "rollout_probs_diff": "training/rollout_probs_diff_mean",
 }
 K_AT_BATCH = "respec/controller/k_at_batch_"
@@ -55,6 +56,7 @@ class RLStep:
     rollout_s: float | None = None
     step_s: float | None = None
     response_length: float | None = None
+    response_length_max: float | None = None
     rollout_probs_diff: float | None = None
 
     @classmethod
@@ -156,8 +158,16 @@ def summarize(records: Sequence[RLStep], window: int | None = None) -> dict:
         "drafter_loss_last": losses[-1] if losses else None,
         "rollout_s_mean": _mean(_values(after_warmup(records), "rollout_s")),
         "step_s_mean": _mean(_values(after_warmup(records), "step_s")),
+        "rollout_share": rollout_share(records),
+        "response_length_mean": _mean(_values(records, "response_length")),
+        "response_length_max_mean": _mean(_values(records, "response_length_max")),
         "rollout_probs_diff_max": max(_values(records, "rollout_probs_diff"), default=None),
     }
+
+
+def rollout_share(records: Sequence[RLStep]) -> float | None:
+    """The share of a step that the rollout takes (verl's `timing_s/gen` / `timing_s/step`), mean after step 1."""
+    return _mean([r.rollout_s / r.step_s for r in after_warmup(records) if r.rollout_s is not None and r.step_s])
 
 
 def _fmt(value, spec: str = ".2f") -> str:
@@ -176,7 +186,9 @@ def format_summary(summary: Mapping) -> str:
         "k per batch size  " + (", ".join(f"B={b}: {k:.1f}" for b, k in summary["k_at_batch"].items()) or "-")
         + f" (mean {_fmt(summary['k_mean'])})",
         f"time per step     rollout {_fmt(summary['rollout_s_mean'], '.1f')} s, whole step "
-        f"{_fmt(summary['step_s_mean'], '.1f')} s (mean after step 1)",
+        f"{_fmt(summary['step_s_mean'], '.1f')} s, rollout share {_fmt(summary.get('rollout_share'))} (mean after step 1)",
+        f"answers           {_fmt(summary.get('response_length_mean'), '.0f')} tokens on average, the longest of a "
+        f"step {_fmt(summary.get('response_length_max_mean'), '.0f')} (means over the steps)",
         f"lossless check    max |p_rollout - p_trainer| = {_fmt(summary['rollout_probs_diff_max'], '.1e')}",
     ]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import pytest
 
 from respec_verl.demo import DemoJob, job_overrides
 from respec_verl.run_progress import progress_figures
-from respec_verl.run_comparison import compare_rewards, compare_runs, format_table, plot_comparison, reward_band
+from respec_verl.run_comparison import compare_rewards, compare_runs, compare_seeds, format_seeds_table, plot_seeds
 from respec_verl.run_report import (
     RLStep,
     format_summary,
@@ -94,8 +94,8 @@ def test_plots_are_written(tmp_path):
     plain = records_from_metrics({s: verl_metrics(s, 0.1 * s, spec=False) for s in (1, 2, 3)})
     for records, name in ((spec, "spec.png"), (plain, "plain.png")):
         assert plot_run(records, tmp_path / name).stat().st_size > 10_000
-    comparison = compare_runs(spec, plain)
-    assert plot_comparison(spec, plain, 16, comparison, tmp_path / "cmp.png").stat().st_size > 10_000
+    runs = {0: (spec, plain), 1: (spec, plain)}
+    assert plot_seeds(runs, compare_seeds(runs), tmp_path / "cmp.png").stat().st_size > 10_000
 
 
 def test_speed_ratios_use_the_steps_after_the_first():
@@ -107,9 +107,40 @@ def test_speed_ratios_use_the_steps_after_the_first():
     assert comparison["rollout_s_speedup"] == pytest.approx(2.0)
     assert comparison["step_s_speedup"] == pytest.approx(40 / 30)
     assert comparison["wilcoxon_p"] == 1.0 and comparison["indistinguishable_at_0.05"]
-    table = format_table(comparison, {"accept_length_last": 2.0, "drafter_version_last": 3, "wall_s": 600, "peak_host_used_gib": 5},
-                         {"wall_s": 500, "peak_host_used_gib": 4})
-    assert "| rollout time per step (s) | 10.0 | 20.0 | 2.00x |" in table
+
+
+def test_seeds_give_each_ratio_its_spread_and_pair_rewards_by_seed_and_step():
+    def run(rollout_s, step_s, rewards):
+        return [RLStep(step=1, reward=rewards[0], rollout_s=99.0, step_s=99.0)] + [
+            RLStep(step=s, reward=r, rollout_s=rollout_s, step_s=step_s) for s, r in enumerate(rewards[1:], start=2)]
+
+    runs = {
+        0: (run(10.0, 30.0, [0.2, 0.4, 0.6]), run(20.0, 40.0, [0.2, 0.5, 0.6])),  # rollout 2x, share off 0.5
+        1: (run(10.0, 20.0, [0.3, 0.5, 0.7]), run(15.0, 25.0, [0.3, 0.5, 0.8])),  # rollout 1.5x, share off 0.6
+    }
+    comparison = compare_seeds(runs)
+    ratio = comparison["rollout_s_speedup"]
+    assert ratio["per_seed"] == pytest.approx([2.0, 1.5]) and ratio["mean"] == pytest.approx(1.75)
+    assert ratio["sd"] == pytest.approx(math.sqrt(2 * 0.25**2)) and (ratio["min"], ratio["max"]) == (1.5, 2.0)
+    assert comparison["rollout_share_plain"]["per_seed"] == pytest.approx([0.5, 0.6])
+    assert comparison["rewards"]["steps"] == 6  # every (seed, step) pair, the first steps included
+    assert comparison["rewards"]["reward_mean_diff"] == pytest.approx(-0.2 / 6)
+    table = format_seeds_table(comparison)
+    assert "| rollout time, SD off / SD on | 1.75 ± 0.35 (min 1.50, max 2.00) |" in table
+    assert "| rollout share of the step, SD off | 0.55 ± 0.07 (min 0.50, max 0.60) |" in table
+
+
+def test_e2e_alternates_the_order_of_the_runs_between_seeds():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("e2e_bench", ROOT / "bench" / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    assert [name for name, _ in e2e.run_order(0)] == ["spec", "plain"]
+    assert [name for name, _ in e2e.run_order(1)] == ["plain", "spec"]
+    assert e2e.seeds_arg("0,1,2") == [0, 1, 2]
+    with pytest.raises(Exception, match="distinct integers"):
+        e2e.seeds_arg("0,0")
 
 
 def test_reward_tests_separate_different_curves_and_not_equal_ones():
@@ -121,12 +152,6 @@ def test_reward_tests_separate_different_curves_and_not_equal_ones():
     assert not different["indistinguishable_at_0.05"]
     same = compare_rewards(low, list(low))
     assert same["mann_whitney_p"] == pytest.approx(1.0) and same["wilcoxon_p"] == 1.0
-
-
-def test_reward_band_is_binomial_and_clipped():
-    low, high = reward_band(0.5, 16)
-    assert high - 0.5 == pytest.approx(1.96 * math.sqrt(0.25 / 16))
-    assert reward_band(0.0, 16) == (0.0, 0.0) and reward_band(1.0, 16) == (1.0, 1.0)
 
 
 def test_job_overrides_turn_the_one_key_and_keep_the_job_otherwise_equal():
@@ -143,7 +168,18 @@ def test_default_job_is_the_documented_one():
     overrides = job_overrides(job)
     assert "actor_rollout_ref.rollout.temperature=0.6" in overrides  # ReSpec's rollout temperature
     assert "actor_rollout_ref.actor.use_kl_loss=false" in overrides  # no reference model on the CPU
-    assert "+actor_rollout_ref.rollout.engine_kwargs.vllm.num_gpu_blocks_override=32" in overrides  # 2 per rollout
+    assert job.task == "long" and "data.max_response_length=384" in overrides  # the long-answer task
+    # vLLM's context holds the prompt cap (64) and the answer cap, in 128-token blocks; one block more per
+    # rollout for the speculative lookahead
+    assert "actor_rollout_ref.rollout.max_model_len=512" in overrides
+    assert "+actor_rollout_ref.rollout.engine_kwargs.vllm.num_gpu_blocks_override=80" in overrides  # 16 x (4 + 1)
+    # long answers of very different lengths: one per micro-batch, which verl pads to its longest
+    assert "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1" in overrides and job.warmup_steps == 60
+    add = job_overrides(DemoJob(task="add"))
+    assert "data.max_response_length=32" in add and "actor_rollout_ref.rollout.max_model_len=128" in add
+    assert "+actor_rollout_ref.rollout.engine_kwargs.vllm.num_gpu_blocks_override=32" in add  # 2 per rollout
+    assert "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4" in add and DemoJob(task="add").warmup_steps == 120
+    assert DemoJob(warmup_steps=0, micro_batch=2).micro_batch == 2  # an explicit choice stays
     assert job.warms_up and not DemoJob(spec=False).warms_up and not DemoJob(model="tiny").warms_up
     assert not DemoJob(warmup_steps=0).warms_up
     # a drafter cut at start (no warm-up) predicts over a reduced vocabulary; a warmed one has its own
@@ -154,7 +190,8 @@ def test_default_job_is_the_documented_one():
 
 
 @pytest.mark.parametrize("kwargs, key", [({"steps": 0}, "--steps"), ({"gpus": 0}, "--gpus"), ({"group": 1}, "group"),
-                                         ({"temperature": 0.0}, "--temperature")])
+                                         ({"temperature": 0.0}, "--temperature"), ({"task": "gsm8k"}, "--task"),
+                                         ({"dtype": "fp16"}, "--dtype"), ({"response_length": 0}, "response_length")])
 def test_bad_job_values_name_the_flag(kwargs, key):
     with pytest.raises(ValueError, match=key):
         DemoJob(**kwargs)

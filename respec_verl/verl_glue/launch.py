@@ -36,10 +36,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from respec_verl.cpu_features import cpu_has_fast_bf16
 from respec_verl.verl_glue.supervisor import RunResult, parse_step_metrics, supervise
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
 DTYPES = {"float32": "fp32", "bfloat16": "bf16"}  # rollout dtype -> verl's FSDP PrecisionType name
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def cpu_dtype(name: str = "auto") -> str:
+    """The run's dtype on this CPU: "auto" is bfloat16 where the CPU has bf16 matmul instructions
+    (AVX-512 bf16 or AMX), else float32. Without them bf16 is emulated: vLLM-CPU's plain step at
+    batch 8 then costs about twice fp32's and a speculative step far more (docs/results.md)."""
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"dtype = {name!r} is not valid; allowed: {', '.join(DTYPE_CHOICES)}")
+    if name != "auto":
+        return name
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
 def cpu_overrides(dtype: str = "float32", bucket_mb: int = 256) -> list[str]:
@@ -202,7 +215,7 @@ def launch(
     data_dir: str | Path | None = None,
     reward_path: str | Path | None = None,
     steps: int = 2,
-    dtype: str = "float32",
+    dtype: str = "auto",
     config_path: str | Path | None = None,
     config_name: str | None = None,
     overrides: Sequence[str] = (),
@@ -214,7 +227,8 @@ def launch(
     """Run a short GRPO job on the CPU; the log is `<work_dir>/main_ppo.log`.
 
     `model` is a Hugging Face folder, or "tiny" (written to `<work_dir>/tiny` by `save_tiny_llama`)
-    or "smollm2". Without `data_dir` the arithmetic task is written to `<work_dir>/data`. Raises
+    or "smollm2". Without `data_dir` the arithmetic task is written to `<work_dir>/data`. `dtype`
+    is the rollout's and the trainer's (`cpu_dtype`: "auto" follows the CPU's instructions). Raises
     `RunFailed` (with the log's tail) on timeout, a fatal line or a non-zero exit when `check`.
     """
     from respec_verl.data.verl_task import reward_path as task_reward_path
@@ -225,10 +239,10 @@ def launch(
     model = resolve_model(model, work_dir)
     if data_dir is None:
         data_dir = work_dir / "data"
-        write_verl_task(data_dir)
+        write_verl_task(data_dir, task="add")  # the short-run smoke test: 32-token answers
     reward_path = reward_path or task_reward_path()
     all_overrides = merge_overrides(
-        small_run_overrides(model, data_dir, reward_path, work_dir, steps), cpu_overrides(dtype), overrides
+        small_run_overrides(model, data_dir, reward_path, work_dir, steps), cpu_overrides(cpu_dtype(dtype)), overrides
     )
     command = trainer_command(all_overrides, config_path, config_name)
     tmp_dir = Path(tempfile.mkdtemp(prefix="rv-", dir="/tmp"))  # short: Ray's socket paths live under it
@@ -271,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="folder with train.parquet and val.parquet (default: written)")
     parser.add_argument("--reward", default=None, help="reward file with compute_score (default: the arithmetic task)")
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="auto: bfloat16 on a CPU with bf16 "
+                        "instructions (avx512_bf16, amx_bf16), else float32")
     parser.add_argument("--config-path", default=None, help="Hydra config folder, e.g. recipes/respec_grpo/config")
     parser.add_argument("--config-name", default=None, help="Hydra config name, e.g. respec_grpo")
     parser.add_argument("--timeout", type=float, default=600.0, help="outer timeout in seconds")
