@@ -42,7 +42,7 @@ from respec_verl.run_report import (
     write_jsonl,
 )
 
-DEFAULT_STEPS = 5  # about 8 minutes on a 2-core CPU with SmolLM2 (docs/results.md section 5)
+DEFAULT_STEPS = 5  # wall time and memory on a 2-core CPU: docs/results.md, "The demo"
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "respec_grpo" / "config"
 LOG_NAME = "main_ppo.log"
 MAX_PROMPT_TOKENS = 64  # the launcher's data.max_prompt_length: both tasks' chat prompts fit
@@ -61,7 +61,7 @@ class TaskSettings:
 
 TASK_SETTINGS = {
     # micro-batches of 4 short sequences: the [batch, tokens, 49152] logits dominate the trainer's peak memory
-    # (2 saves 0.2 GiB of the run's peak but makes the actor update 30% slower: docs/notebook, section 5 "Memory")
+    # (2 saves 0.2 GiB of the run's peak but makes the actor update 30% slower: docs/notebook/verl-e2e-and-demo.md, section 5 "Memory")
     "add": TaskSettings(micro_batch=4, warmup_steps=120, warmup_questions=128, warmup_tokens=32),
     # one sequence per micro-batch: verl pads a micro-batch to its longest sequence, and the long task's
     # answers run from 20 to 384 tokens, so larger micro-batches compute mostly padding
@@ -86,8 +86,8 @@ class DemoJob:
     prompts_per_step: int = 4
     group: int = 4  # GRPO group: responses per prompt
     response_length: int | None = None  # tokens; None: the task's cap
-    # ReSpec's rollout temperature; SmolLM2 solves half of the sums at it, against a fifth at 1.0,
-    # so more groups hold both right and wrong answers (GRPO's signal): docs/results.md section 5
+    # ReSpec's rollout temperature; at it SmolLM2 gets about half of either task's answers right (a fifth of
+    # the sums at 1.0), so most groups hold both right and wrong answers, GRPO's signal (tasks.py)
     temperature: float = 0.6
     micro_batch: int | None = None  # sequences per trainer forward/backward; None: the task's (TASK_SETTINGS)
     lr: float = 2e-5

@@ -189,7 +189,7 @@ def plain_steps_before_probe(controller: AdaptiveController, batch_size: int, li
 
 
 def test_one_rejected_first_draft_is_probed_again_soon():
-    """bench/controller.py at B = 1 (docs/results.md 2e): the first draft was rejected, which turned
+    """bench/controller.py at B = 1 (docs/notebook/controller.md 2e): the first draft was rejected, which turned
     speculation off, and a 64-step interval kept the 30-step run plain. With one drafted row of
     evidence the next probe comes after MIN_PROBE_INTERVAL plain steps; a fixed interval waits 64."""
     profile = synthetic_profile(roofline, draft_ratio=0.5)  # k = 1 costs 1.5 plain steps at batch 1
@@ -865,7 +865,7 @@ def observe_steps(cal: StepTimeCalibration, k: int, ratio: float, batch_size: in
 
 
 def test_a_plain_ratio_borrowed_from_batch_1_does_not_keep_speculation_on_at_batch_16():
-    """bench/controller.py at batch 16 (docs/results.md 2g): plain measured 1.25x its profile at
+    """bench/controller.py at batch 16 (docs/notebook/controller.md 2g): plain measured 1.25x its profile at
     batch 1 only, k = 3 measured as profiled at batch 16; the borrowed plain ratio must not make
     plain look 25% dearer there than the speculative steps measured in that bucket say."""
     cal = StepTimeCalibration(decay=0.5)
@@ -885,7 +885,7 @@ def test_a_plain_ratio_borrowed_from_batch_1_does_not_keep_speculation_on_at_bat
 
 
 def test_the_controller_leaves_speculation_once_its_steps_are_measured_where_plain_was_borrowed():
-    """The scenario of docs/results.md 2g on a synthetic profile: plain decoding measured only at batch
+    """The scenario of docs/notebook/controller.md 2g on a synthetic profile: plain decoding measured only at batch
     1 (the steps the length cap cuts to k = 0), 1.25x dearer than profiled there; speculation costs
     what the profile says. At a batch where speculation loses on the true costs but wins against the
     inflated plain ratio, the controller must turn it off once its steps there are measured; before
@@ -914,7 +914,7 @@ def test_the_controller_leaves_speculation_once_its_steps_are_measured_where_pla
 
 
 def test_a_speculative_ratio_borrowed_into_a_bucket_is_at_least_its_measured_plain_ratio():
-    """docs/results.md 2g at batch 64: k = 3 measured at 0.75 of its profile at batch 2 only, plain at
+    """docs/notebook/controller.md 2g at batch 64: k = 3 measured at 0.75 of its profile at batch 2 only, plain at
     1.1x at batch 64; the borrowed 0.75 must not make speculation look cheap at batch 64."""
     cal = StepTimeCalibration(decay=0.5)
     observe_steps(cal, 3, 0.75, 2, 4)  # the first step at each k is warm-up, and is skipped

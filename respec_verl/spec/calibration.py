@@ -128,7 +128,7 @@ class StepTimeCalibration:
         smallest of their ratios there. The controller measures plain decoding at a bucket only if it
         chooses it there, so without the cap a plain ratio learnt elsewhere (batch 1, where per-step
         overheads dominate) keeps plain looking dearer than it is at a bucket that speculates, and
-        speculation stays on where it loses (bench/controller.py at batch 16, docs/results.md 2g).
+        speculation stays on where it loses (bench/controller.py at batch 16, docs/notebook/controller.md 2g).
         The mirror rule: a speculative ratio borrowed into a bucket where plain decoding was measured
         is at least that bucket's plain ratio (a speculative step does all a plain one does), so a
         ratio learnt at small batches, where a profile may overprice speculation, cannot make it look

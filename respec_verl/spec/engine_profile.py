@@ -4,7 +4,7 @@
 passes). A real engine step also pays sampling, the log-probs of what it emits, KV rollback and
 per-row bookkeeping, and those grow with k and the batch: on the 2-core CPU a bare profile put a
 speculative step at batch 16 at 1.5 decode steps where the engine took 2.0, and the controller
-kept speculating where it lost (docs/results.md section 2). This profiler runs `SpeculativeEngine`
+kept speculating where it lost (docs/notebook/controller.md, section 2). This profiler runs `SpeculativeEngine`
 itself at each (batch size, k), plain steps through the same loop with the drafter present, and
 records the median wall time of the steps after a warm-up: the numbers the controller predicts.
 With `rounds` > 1 the whole grid is walked that many times, the order of the ks reversed every
