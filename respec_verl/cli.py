@@ -150,6 +150,9 @@ def run_demo_command(opts: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     opts = build_parser().parse_args(argv)
+    from respec_verl.verl_glue.supervisor import exit_on_sigterm
+
+    exit_on_sigterm()  # a `kill` of the demo or a benchmark ends its verl run too, not only Ctrl-C
     if opts.command == "demo":
         run_demo_command(opts)
     elif opts.command == "bench":

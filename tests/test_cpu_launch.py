@@ -6,6 +6,8 @@ tests/test_verl_e2e.py, with respec on."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +62,25 @@ def test_timeout_ends_the_whole_run_including_detached_children(tmp_path):
     assert time.monotonic() - start < 60
     assert "started" in str(info.value)  # the tail comes with the error
     assert not _alive(int(marker.read_text()))  # its own session, found by the run tag and ended
+
+
+def test_sigterm_to_the_caller_ends_the_whole_run(tmp_path):
+    """`kill <demo pid>`: with `exit_on_sigterm` the supervised run and its detached children end too."""
+    marker = tmp_path / "child.pid"
+    caller = (
+        "import sys\n"
+        "from respec_verl.verl_glue.supervisor import exit_on_sigterm, supervise\n"
+        "exit_on_sigterm()\n"
+        f"supervise([sys.executable, '-c', {_sleeper_tree(marker)!r}], {str(tmp_path / 'log.txt')!r}, timeout_s=300)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", caller])
+    deadline = time.monotonic() + 60
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child = int(marker.read_text())
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert not _alive(child)
 
 
 def test_a_fatal_line_ends_a_run_that_would_hang(tmp_path):

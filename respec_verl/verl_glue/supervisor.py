@@ -15,6 +15,9 @@ its engine core. When something fails inside the vLLM worker, the others can wai
 - samples memory (the run's summed RSS, and the host's used memory) every few seconds;
 - raises `RunFailed` with the log's tail when the run timed out, hit a fatal line or exited
   non-zero (unless `check=False`).
+
+Ctrl-C ends the run the same way. `exit_on_sigterm` makes SIGTERM (a job scheduler's or `kill`'s
+stop) do so too: without it Python dies at once and the run's detached session lives on.
 """
 
 from __future__ import annotations
@@ -161,6 +164,15 @@ def supervise(
             result,
         )
     return result
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into `SystemExit(143)`, so that a supervised run is ended as on Ctrl-C (main thread only)."""
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _end(process: subprocess.Popen, run_id: str, term_wait_s: float = 10.0) -> None:
