@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="respec_demo", help="output folder (default respec_demo)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the task, the data order, vLLM sampling and the drafter")
     demo.add_argument("--no-spec", action="store_true", help="the same job without speculation (respec.enable=false)")
-    demo.add_argument("--task", choices=list(TASKS), default=DEFAULT_TASK, help="; ".join(
+    demo.add_argument("--task", choices=list(TASKS), default=None, help="; ".join(
         f"{name}: {task.describe}" for name, task in TASKS.items()) + f" (default {DEFAULT_TASK})")
+    demo.add_argument("--quick", action="store_true", help="the short-answer job: --task add (answers of a few "
+                      "tokens; about half the long task's wall time, most of it verl's start-up)")
     demo.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="rollout and trainer dtype on a CPU; "
                       "auto (default): bfloat16 where the CPU has bf16 instructions (avx512_bf16, amx_bf16), else float32")
     demo.add_argument("--model", default="smollm2", help="smollm2 (default), tiny (a random 2-layer model, a smoke test) "
@@ -131,6 +133,13 @@ def run_profile(opts: argparse.Namespace) -> None:
     print(f"saved step costs for {key} to {out}")
 
 
+def demo_task(opts: argparse.Namespace) -> str:
+    """The task of `--task`, or `add` for `--quick`; both at once must agree."""
+    if opts.quick and opts.task not in (None, "add"):
+        raise SystemExit(f"respec-verl demo: --quick runs --task add; it cannot run with --task {opts.task}")
+    return "add" if opts.quick else (opts.task or DEFAULT_TASK)
+
+
 def run_demo_command(opts: argparse.Namespace) -> None:
     if opts.generation_only:
         from respec_verl.generation_demo import run_generation_demo
@@ -140,7 +149,7 @@ def run_demo_command(opts: argparse.Namespace) -> None:
     from respec_verl.demo import DemoJob, run_demo
 
     try:
-        job = DemoJob(model=opts.model, task=opts.task, dtype=opts.dtype, steps=opts.steps, seed=opts.seed,
+        job = DemoJob(model=opts.model, task=demo_task(opts), dtype=opts.dtype, steps=opts.steps, seed=opts.seed,
                       spec=not opts.no_spec, gpus=opts.gpus,
                       warmup_steps=opts.warmup_steps, temperature=opts.temperature, overrides=tuple(opts.override))
     except ValueError as e:

@@ -63,8 +63,9 @@ TASK_SETTINGS = {
     # micro-batches of 4 short sequences: the [batch, tokens, 49152] logits dominate the trainer's peak memory
     # (2 saves 0.2 GiB of the run's peak but makes the actor update 30% slower: docs/notebook/verl-e2e-and-demo.md, section 5 "Memory")
     "add": TaskSettings(micro_batch=4, warmup_steps=120, warmup_questions=128, warmup_tokens=32),
-    # one sequence per micro-batch: verl pads a micro-batch to its longest sequence, and the long task's
-    # answers run from 20 to 384 tokens, so larger micro-batches compute mostly padding
+    # one sequence per micro-batch: verl pads a micro-batch to its longest sequence and the long task's
+    # answers run from 20 to 384 tokens. On the 2-core CPU the actor update took about as long per step as
+    # with four (the padding saved pays for the smaller matmuls), with a quarter of the logits' memory
     "long": TaskSettings(micro_batch=1, warmup_steps=60, warmup_questions=32, warmup_tokens=128),
 }
 CPU_MEMORY_GIB = {"tiny": 8.0, "smollm2": 10.5}  # peak host memory of the default job, measured on a CPU

@@ -38,3 +38,14 @@ def test_bad_arguments_exit_with_usage(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "usage: respec-verl" in capsys.readouterr().err
+
+
+def test_the_demo_runs_the_long_task_unless_told_otherwise():
+    from respec_verl.cli import demo_task
+
+    parser = build_parser()
+    assert demo_task(parser.parse_args(["demo"])) == "long"
+    assert demo_task(parser.parse_args(["demo", "--task", "add"])) == "add"
+    assert demo_task(parser.parse_args(["demo", "--quick"])) == "add"
+    with pytest.raises(SystemExit, match="--quick runs --task add; it cannot run with --task long"):
+        demo_task(parser.parse_args(["demo", "--quick", "--task", "long"]))
