@@ -47,5 +47,7 @@ def test_the_demo_runs_the_long_task_unless_told_otherwise():
     assert demo_task(parser.parse_args(["demo"])) == "long"
     assert demo_task(parser.parse_args(["demo", "--task", "add"])) == "add"
     assert demo_task(parser.parse_args(["demo", "--quick"])) == "add"
+    assert demo_task(parser.parse_args(["demo", "--model", "tiny"])) == "add"  # the smoke test stays short
+    assert demo_task(parser.parse_args(["demo", "--model", "tiny", "--task", "long"])) == "long"
     with pytest.raises(SystemExit, match="--quick runs --task add; it cannot run with --task long"):
         demo_task(parser.parse_args(["demo", "--quick", "--task", "long"]))
