@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="a short real GRPO run in verl with speculative rollouts (CPU: about 8 minutes)",
+        help="a short real GRPO run in verl with speculative rollouts (CPU: wall times in docs/results.md)",
         description="Runs verl's GRPO trainer (python -m verl.trainer.main_ppo, our recipe recipes/respec_grpo) with "
         "actor_rollout_ref.respec.enable=true on a locally generated task (--task): vLLM rollouts speculate with "
         "a self-draft, the adaptive controller picks k per engine step, and the drafter is distilled from the actor "
@@ -43,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-spec", action="store_true", help="the same job without speculation (respec.enable=false)")
     demo.add_argument("--task", choices=list(TASKS), default=None, help="; ".join(
         f"{name}: {task.describe}" for name, task in TASKS.items()) + f" (default {DEFAULT_TASK})")
-    demo.add_argument("--quick", action="store_true", help="the short-answer job: --task add (answers of a few "
-                      "tokens; about half the long task's wall time, most of it verl's start-up)")
+    demo.add_argument("--quick", action="store_true", help="the short-answer job: --task add (answers of a few tokens)")
     demo.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="rollout and trainer dtype on a CPU; "
                       "auto (default): bfloat16 where the CPU has bf16 instructions (avx512_bf16, amx_bf16), else float32")
     demo.add_argument("--model", default="smollm2", help="smollm2 (default), tiny (a random 2-layer model, a smoke test; "

@@ -41,11 +41,11 @@ from respec_verl.run_report import (
     summarize,
     write_jsonl,
 )
+from respec_verl.verl_glue.launch import MAX_PROMPT_TOKENS, cpu_dtype
 
-DEFAULT_STEPS = 5  # wall time and memory on a 2-core CPU: docs/results.md, "The demo"
+DEFAULT_STEPS = 5  # wall time and memory on a 2-core CPU: docs/results.md, "The long-answer task"
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "respec_grpo" / "config"
 LOG_NAME = "main_ppo.log"
-MAX_PROMPT_TOKENS = 64  # the launcher's data.max_prompt_length: both tasks' chat prompts fit
 KV_BLOCK_TOKENS = 128  # vLLM-CPU's KV cache block
 
 
@@ -64,8 +64,8 @@ TASK_SETTINGS = {
     # (2 saves 0.2 GiB of the run's peak but makes the actor update 30% slower: docs/notebook/verl-e2e-and-demo.md, section 5 "Memory")
     "add": TaskSettings(micro_batch=4, warmup_steps=120, warmup_questions=128, warmup_tokens=32),
     # one sequence per micro-batch: verl pads a micro-batch to its longest sequence and the long task's
-    # answers run from 20 to 384 tokens. On the 2-core CPU the actor update took about as long per step as
-    # with four (the padding saved pays for the smaller matmuls), with a quarter of the logits' memory
+    # answers run from 20 to 384 tokens, so no padding and a quarter of the logits' memory; on a CPU each
+    # micro-batch also has a fixed cost, and which size is faster there is not measured side by side
     "long": TaskSettings(micro_batch=1, warmup_steps=60, warmup_questions=32, warmup_tokens=128),
 }
 CPU_MEMORY_GIB = {"tiny": 8.0, "smollm2": 10.5}  # peak host memory of the default job, measured on a CPU
@@ -101,8 +101,6 @@ class DemoJob:
 
     def __post_init__(self):
         get_task(self.task)  # names the allowed tasks
-        from respec_verl.verl_glue.launch import cpu_dtype
-
         try:
             self.dtype = cpu_dtype(self.dtype)
         except ValueError as error:
@@ -178,7 +176,7 @@ def job_overrides(job: DemoJob, drafter_path: str | os.PathLike | None = None) -
     else:
         # vLLM-CPU sizes its KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE, 1 at least); the job needs the
         # blocks of a whole sequence per rollout plus one for the speculative lookahead (SmolLM2, add: 0.2 GiB)
-        blocks = rollouts * (-(-max_model_len(job) // KV_BLOCK_TOKENS) + 1)
+        blocks = rollouts * (max_model_len(job) // KV_BLOCK_TOKENS + 1)
         overrides.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.num_gpu_blocks_override={blocks}")
     return overrides + list(job.overrides)
 

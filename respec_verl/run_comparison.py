@@ -14,8 +14,8 @@ has little power, so read it together with the mean difference.
 
 from __future__ import annotations
 
-import math
 import os
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -55,12 +55,16 @@ def compare_rewards(spec: Sequence[float], plain: Sequence[float]) -> dict:
     return out
 
 
+def paired_rewards(spec: Sequence[RLStep], plain: Sequence[RLStep]) -> tuple[list[float], list[float]]:
+    """The two runs' rewards at the steps both logged one, in the SD run's order."""
+    by_step = {r.step: r.reward for r in plain if r.reward is not None}
+    pairs = [(r.reward, by_step[r.step]) for r in spec if r.reward is not None and r.step in by_step]
+    return [s for s, _ in pairs], [p for _, p in pairs]
+
+
 def compare_runs(spec: Sequence[RLStep], plain: Sequence[RLStep]) -> dict:
     """Speed ratios (plain / SD, after the first step) and the reward comparison, by step."""
-    by_step_plain = {r.step: r for r in plain}
-    paired = [(s, by_step_plain[s.step]) for s in spec if s.step in by_step_plain and s.reward is not None
-              and by_step_plain[s.step].reward is not None]
-    rewards = compare_rewards([s.reward for s, _ in paired], [p.reward for _, p in paired])
+    rewards = compare_rewards(*paired_rewards(spec, plain))
     speed = {}
     for name in ("rollout_s", "step_s"):
         on, off = mean_after_warmup(spec, name), mean_after_warmup(plain, name)
@@ -72,9 +76,8 @@ def compare_runs(spec: Sequence[RLStep], plain: Sequence[RLStep]) -> dict:
 
 def _spread(values: Sequence[float]) -> dict:
     """Mean, sample standard deviation, min and max of per-seed figures."""
-    mean = _mean(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "per_seed": list(values)}
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": _mean(values), "sd": sd, "min": min(values), "max": max(values), "per_seed": list(values)}
 
 
 def compare_seeds(runs: Mapping[int, tuple[Sequence[RLStep], Sequence[RLStep]]]) -> dict:
@@ -83,11 +86,9 @@ def compare_seeds(runs: Mapping[int, tuple[Sequence[RLStep], Sequence[RLStep]]])
     per_seed = {seed: compare_runs(spec, plain) for seed, (spec, plain) in runs.items()}
     spec_rewards, plain_rewards = [], []
     for spec, plain in runs.values():
-        by_step = {r.step: r.reward for r in plain}
-        for r in spec:
-            if r.reward is not None and by_step.get(r.step) is not None:
-                spec_rewards.append(r.reward)
-                plain_rewards.append(by_step[r.step])
+        on, off = paired_rewards(spec, plain)
+        spec_rewards += on
+        plain_rewards += off
     out = {"seeds": list(runs), "per_seed": per_seed}
     for name in ("rollout_s_speedup", "step_s_speedup"):
         values = [c[name] for c in per_seed.values() if c[name] is not None]

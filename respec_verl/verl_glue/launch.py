@@ -42,6 +42,7 @@ from respec_verl.verl_glue.supervisor import RunResult, parse_step_metrics, supe
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
 DTYPES = {"float32": "fp32", "bfloat16": "bf16"}  # rollout dtype -> verl's FSDP PrecisionType name
 DTYPE_CHOICES = ("auto", *DTYPES)
+MAX_PROMPT_TOKENS = 64  # data.max_prompt_length of the short runs: every respec task's chat prompt fits
 
 
 def cpu_dtype(name: str = "auto") -> str:
@@ -110,7 +111,7 @@ def small_run_overrides(
         f"data.train_files={data_dir / 'train.parquet'}",
         f"data.val_files={data_dir / 'val.parquet'}",
         "data.train_batch_size=4",
-        "data.max_prompt_length=64",
+        f"data.max_prompt_length={MAX_PROMPT_TOKENS}",
         "data.max_response_length=32",
         "data.filter_overlong_prompts=False",
         f"reward.custom_reward_function.path={reward_path}",
