@@ -298,11 +298,12 @@ def _run_on_gpus(
 ):
     """verl's ordinary GPU run of the same recipe and overrides (no CPU settings); untested here."""
     from respec_verl.verl_glue import launch as launcher
+    from respec_verl.verl_glue.install_switch import with_install
     from respec_verl.verl_glue.supervisor import parse_step_metrics, supervise
 
     overrides = launcher.merge_overrides(launcher.small_run_overrides(model, data_dir, reward, work_dir, job.steps), job_settings)
     command = launcher.trainer_command(overrides, RECIPE, "respec_grpo")
-    run = supervise(command, work_dir / LOG_NAME, env=dict(os.environ), timeout_s=timeout_s, cwd=work_dir)
+    run = supervise(command, work_dir / LOG_NAME, env=with_install(os.environ), timeout_s=timeout_s, cwd=work_dir)
     with open(run.log_path, encoding="utf-8", errors="replace") as log:
         return run, parse_step_metrics(log)
 

@@ -67,31 +67,94 @@ def test_entry_point_is_installed():
     )
 
 
-def test_a_fresh_import_verl_registers_our_names(tmp_path):
-    """What every Ray process gets: only `import verl`, no import of respec_verl."""
-    code = (
-        "import json, sys, verl\n"
-        "from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY as P\n"
-        "from verl.trainer.distillation.losses import DISTILLATION_LOSS_REGISTRY as D\n"
-        "from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY as T\n"
-        "import verl.trainer.ppo.v1.trainer_sync\n"
-        "from verl.workers.rollout.replica import RolloutReplicaRegistry as R\n"
-        "print(json.dumps({'names': sorted(n for n in [*P, *D] if n.startswith('respec')),\n"
-        "                  'trainer': T['sync'].__name__, 'replica': R.get('vllm').__name__,\n"
-        "                  'plugin_loaded': 'respec_verl.verl_glue.plugin' in sys.modules}))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("VERL_USE_EXTERNAL_PLUGINS", "VERL_USE_EXTERNAL_MODULES")}
+# What a process sees of verl after a bare `import verl`: every registry entry and default we might touch.
+_VERL_STATE = (
+    "import inspect, json, sys, verl\n"
+    "from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY as P\n"
+    "from verl.trainer.distillation.losses import DISTILLATION_LOSS_REGISTRY as D, DISTILLATION_SETTINGS_REGISTRY as S\n"
+    "from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY as T\n"
+    "import verl.trainer.ppo.v1.trainer_sync\n"
+    "from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer\n"
+    "from verl.workers.rollout.replica import RolloutReplicaRegistry as R\n"
+    "name = lambda obj: f'{getattr(obj, \"__module__\", \"\")}.{getattr(obj, \"__qualname__\", type(obj).__name__)}'\n"
+    "import os\n"
+    "print(json.dumps({\n"
+    "    'policy_losses': {k: name(v) for k, v in P.items()},\n"
+    "    'distillation_losses': {k: name(v) for k, v in D.items()},\n"
+    "    'distillation_settings': sorted(S),\n"
+    "    'trainers': {k: name(v) for k, v in T.items()},\n"
+    "    'replica_loaders': {k: name(v) for k, v in R._registry.items()},\n"
+    "    'replay_poll_default': inspect.signature(ReplayBuffer).parameters['poll_interval'].default,\n"
+    "    'install_env': os.environ.get('RESPEC_VERL_INSTALL'),\n"
+    "    'plugin_loaded': 'respec_verl.verl_glue.plugin' in sys.modules}))\n"
+)
+
+
+def _verl_state(tmp_path, *argv: str, plugins: str | None = None, install_env: str | None = None) -> dict:
+    """`_VERL_STATE` in a fresh interpreter with command-line arguments `argv`."""
+    from respec_verl.verl_glue.cpu import ENV_DEFAULTS  # what this process's CPU support put in its environment
+
+    dropped = ("VERL_USE_EXTERNAL_PLUGINS", "VERL_USE_EXTERNAL_MODULES", "RESPEC_VERL_INSTALL", *ENV_DEFAULTS)
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    env["RESPEC_VERL_CPU"] = "0"  # a GPU host's view: the CPU support module stays out
+    if plugins is not None:
+        env["VERL_USE_EXTERNAL_PLUGINS"] = plugins
+    if install_env is not None:
+        env["RESPEC_VERL_INSTALL"] = install_env
+    result = subprocess.run([sys.executable, "-c", _VERL_STATE, *argv], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["plugin_loaded"]
-    assert report["names"] == sorted(plugin.registered_names())
-    # the one-key classes: verl's "sync" trainer and "vllm" replica are respec's (verl's own while off)
-    assert report["trainer"] == "RespecPPOTrainerSync"
-    assert report["replica"] == "RespecvLLMReplica"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _without_our_names(state: dict) -> dict:
+    ours = set(plugin.registered_names())
+    return {**state,
+            "policy_losses": {k: v for k, v in state["policy_losses"].items() if k not in ours},
+            "distillation_losses": {k: v for k, v in state["distillation_losses"].items() if k not in ours},
+            "distillation_settings": [k for k in state["distillation_settings"] if k not in ours],
+            "plugin_loaded": None}
+
+
+def test_respec_off_leaves_verl_as_stock_verl_has_it(tmp_path):
+    """Installed but off, respec only adds its own loss names: every entry verl has is verl's own."""
+    stock = _verl_state(tmp_path, plugins="none")
+    off = _verl_state(tmp_path, "actor_rollout_ref.respec.enable=false")
+    assert not stock["plugin_loaded"] and off["plugin_loaded"]
+    assert stock["trainers"]["sync"] == "verl.trainer.ppo.v1.trainer_sync.PPOTrainerSync"
+    assert stock["replica_loaders"]["vllm"] == "verl.workers.rollout.replica._load_vllm"
+    assert _without_our_names(off) == _without_our_names(stock)
+    assert sorted(set(off["policy_losses"]) - set(stock["policy_losses"])) == ["respec_rw_kd"]
+    assert off["install_env"] is None
+
+
+@pytest.mark.parametrize("argv, install_env", [
+    (("actor_rollout_ref.respec.enable=true",), None),
+    (("+actor_rollout_ref.respec.enable=True",), None),
+    ((), "1"),
+])
+def test_the_key_installs_respecs_trainer_and_replica(tmp_path, argv, install_env):
+    """What every Ray process of a run with the key gets: only `import verl`, no import of respec_verl."""
+    state = _verl_state(tmp_path, *argv, install_env=install_env)
+    assert state["plugin_loaded"]
+    assert sorted(n for n in [*state["policy_losses"], *state["distillation_losses"]] if n.startswith("respec")) \
+        == sorted(plugin.registered_names())
+    assert state["trainers"]["sync"] == "respec_verl.verl_glue.trainer.RespecPPOTrainerSync"
+    assert state["replica_loaders"]["vllm"] == "respec_verl.verl_glue.plugin._load_respec_replica"
+    assert state["install_env"] == "1"  # set before verl starts Ray, so its processes inherit it
+
+
+def test_install_switch_reads_the_key_and_the_variable():
+    from respec_verl.verl_glue.install_switch import install_requested, with_install
+
+    main = "verl/trainer/main_ppo.py"
+    assert install_requested([main, "a=1", "++actor_rollout_ref.respec.enable=TRUE"], {})
+    assert not install_requested([main, "actor_rollout_ref.respec.enable=false"], {})
+    assert not install_requested([main, "actor_rollout_ref.respec.enable=trueish"], {})
+    assert not install_requested(["actor_rollout_ref.respec.enable=true"], {})  # argv[0] is the program
+    assert install_requested([main], with_install({}))
+    assert not install_requested([main], {"RESPEC_VERL_INSTALL": "0"})
 
 
 def test_trainer_polls_the_replay_buffer_often(monkeypatch):

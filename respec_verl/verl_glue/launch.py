@@ -13,7 +13,8 @@ The code side of CPU support is the plugin's CPU module (`respec_verl.verl_glue.
 - `cpu_env`: `LD_PRELOAD` of the Intel OpenMP runtime shipped with the Python environment (vLLM's
   CPU backend is built against it), `VLLM_CPU_KVCACHE_SPACE`, `VLLM_ENABLE_V1_MULTIPROCESSING=0`
   (the one-process vLLM executor), a short `TMPDIR` (Ray puts Unix sockets under it, with a
-  107-byte path limit), and `RESPEC_VERL_CPU=1`.
+  107-byte path limit), and `RESPEC_VERL_CPU=1`; `launch` adds `RESPEC_VERL_INSTALL=1` (respec's
+  trainer in the run, with the key on or off: `install_switch`).
 
 User overrides come last and replace any default with the same key. The run goes through
 `supervisor.supervise` (own process group, outer timeout, fatal-line detection, log file), and
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from respec_verl.cpu_features import cpu_has_fast_bf16
+from respec_verl.verl_glue.install_switch import with_install
 from respec_verl.verl_glue.supervisor import RunResult, parse_step_metrics, supervise
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
@@ -251,7 +253,7 @@ def launch(
         run = supervise(
             command,
             work_dir / "main_ppo.log",
-            env=cpu_env(dict(os.environ), tmp_dir, kv_cache_gib),
+            env=with_install(cpu_env(dict(os.environ), tmp_dir, kv_cache_gib)),
             timeout_s=timeout_s,
             check=check,
             echo=echo,

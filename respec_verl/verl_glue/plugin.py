@@ -9,13 +9,24 @@ with "Unsupported loss mode". Hence `self_check`, which code that relies on the 
 at once with the reason, and the ERROR log below, which verl's WARNING-level logging does show.
 Where entry points are unavailable, `VERL_USE_EXTERNAL_MODULES=respec_verl.verl_glue.plugin`
 (passed to Ray workers through `ray_kwargs.ray_init.runtime_env.env_vars`) loads the same module.
+
+Respec off leaves verl as it was: at import the plugin only adds names of its own (the losses, which
+a run selects by name). Respec's "sync" trainer and "vllm" replica replace verl's only in a process
+whose environment has `RESPEC_VERL_INSTALL=1`. The plugin sets that itself in the process whose
+command line turns the key on (`python -m verl.trainer.main_ppo ... actor_rollout_ref.respec.enable=true`,
+with or without `+`), before verl starts Ray, so the Ray processes it starts inherit it. A config file
+that turns the key on, or a Ray cluster started beforehand, needs the variable set by hand
+(`+ray_kwargs.ray_init.runtime_env.env_vars.RESPEC_VERL_INSTALL=1`); `respec-verl`'s launcher sets it
+for its runs, respec on and off, so that both sides of a comparison run the same trainer code.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 
+from respec_verl.verl_glue.install_switch import INSTALL_ENV, install_requested
 from respec_verl.verl_glue.losses import DISTILLATION_LOSS_WEIGHTING, POLICY_LOSS_NAME, register_losses
 
 logger = logging.getLogger(__name__)
@@ -104,8 +115,9 @@ def install_respec_classes() -> None:
     """Put respec's trainer and vLLM replica in verl's registries, each when its verl module loads.
 
     verl picks the trainer by `trainer.v1.trainer_mode` ("sync") and the rollout replica by
-    `rollout.name` ("vllm"); respec's classes under those names behave exactly like verl's while
-    `actor_rollout_ref.respec.enable` is false, so installing them is what makes the one key enough.
+    `rollout.name` ("vllm"); respec's classes under those names behave like verl's while
+    `actor_rollout_ref.respec.enable` is false (but for the replay buffer's poll interval), so
+    installing them is what makes the one key enough. Called only where `install_requested`.
     Deferred to the import of verl's modules, so processes that never train or serve (vLLM workers,
     reward workers) do not import them.
     """
@@ -139,7 +151,9 @@ def _install_replica(module) -> None:
 
 try:  # verl's plugin loader imports this module; register then, and say so loudly if it fails
     register()
-    install_respec_classes()
+    if install_requested(sys.argv, os.environ):
+        os.environ[INSTALL_ENV] = "1"  # the Ray processes that this one starts inherit it
+        install_respec_classes()
 except Exception:
     logger.exception("respec_verl's verl plugin failed to register; runs with respec will fail self_check")
     raise

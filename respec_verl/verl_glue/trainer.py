@@ -1,8 +1,9 @@
 """verl's V1 synchronous trainer with respec: one key, `actor_rollout_ref.respec.enable=true`.
 
-`RespecPPOTrainerSync` subclasses verl's `PPOTrainerSync` and, with respec off, is exactly it (the
-plugin installs it as verl's "sync" trainer so that the one key is all a run needs). With respec
-on it:
+`RespecPPOTrainerSync` subclasses verl's `PPOTrainerSync` and, with respec off, is it but for the
+replay buffer's poll interval. The plugin installs it as verl's "sync" trainer where the run asks
+for respec (`install_switch`: the key on verl's command line, or `RESPEC_VERL_INSTALL=1`), so that
+the one key is all a run needs. With respec on it:
 - prepares the run before verl builds anything (`prepare_rollout`): the drafter folder vLLM loads
   (a self-draft cut from the actor, or `drafter.path`), the step-cost profile the controller needs
   (measured once on this machine with the core engine and cached in the run folder, or
