@@ -1,10 +1,18 @@
-"""The drafter as a model artifact: an HF causal LM, an optional reduced vocabulary, a version."""
+"""The drafter as a model artifact: an HF causal LM, an optional reduced vocabulary, a version.
+
+It implements the core's `spec.drafting.DraftSource`: proposals come from `model_proposer`, and a
+refresh (the learner's new weights) goes through `hot_swap`'s validate-then-copy.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+
+from respec_verl.drafter import hot_swap
+from respec_verl.drafter.model_proposer import DraftProposer
 
 
 @dataclass
@@ -23,6 +31,20 @@ class Drafter:
     @property
     def draft_vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def describe(self) -> str:
+        layers = getattr(self.model.config, "num_hidden_layers", "?")
+        return f"{type(self.model).__name__}-{layers}L-{self.draft_vocab_size}V"
+
+    def new_proposer(self, target_vocab_size: int) -> DraftProposer:
+        return DraftProposer(self, target_vocab_size)
+
+    def prepare_update(
+        self, new: Drafter | Mapping[str, torch.Tensor], version: int | None = None
+    ) -> Callable[[], None]:
+        """New weights (a Drafter of the same shape, or a state dict with `version`), validated now, copied by the commit."""
+        weights = hot_swap.prepare_weights(self, new, version)
+        return lambda: hot_swap.commit_weights(self, weights)
 
     def check_compatible(self, target_vocab_size: int) -> None:
         """Raise a ValueError when the drafter's outputs cannot be read as target token ids."""

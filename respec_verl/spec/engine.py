@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from respec_verl.drafter.drafter import Drafter
-from respec_verl.spec.hot_swap import commit_weights, prepare_weights
+from respec_verl.spec.drafting import DraftSource
 from respec_verl.spec.kv_state import KVState
 from respec_verl.spec.policy import FixedK, KPolicy
-from respec_verl.spec.proposer import DraftProposer
 from respec_verl.spec.sampling import SamplingParams, probs_from_logits, sample_rows, token_logprobs
 from respec_verl.spec.stats import SpecStats, StepRecord
 from respec_verl.spec.verifier import Verifier, rejection_sample
@@ -39,7 +37,7 @@ class SpeculativeEngine:
     def __init__(
         self,
         target: torch.nn.Module,
-        drafter: Drafter | None = None,
+        drafter: DraftSource | None = None,
         k_policy: KPolicy | None = None,
         verifier: Verifier = rejection_sample,
         pad_token_id: int = 0,
@@ -72,17 +70,18 @@ class SpeculativeEngine:
                 run.step()
             return GenerationOutput(run.outputs, run.out_logprobs, run.stats, self.drafter_version)
 
-    def swap_drafter(self, new: Drafter | dict[str, torch.Tensor], version: int | None = None) -> None:
-        """Load new drafter weights (a Drafter or a state dict) all or nothing; see `hot_swap`.
+    def swap_drafter(self, new: object, version: int | None = None) -> None:
+        """Refresh the drafter all or nothing (`DraftSource.prepare_update`: for a model drafter, a
+        Drafter or a state dict).
 
-        Validation runs while generation goes on; the copy waits for a running generate to end.
+        Validation runs while generation goes on; the commit waits for a running generate to end.
         A rejected swap raises `DrafterSwapError` and leaves the drafter and its version as they were.
         """
         if self.drafter is None:
             raise ValueError("this engine has no drafter to swap weights into; build it with one")
-        weights = prepare_weights(self.drafter, new, version)
+        commit = self.drafter.prepare_update(new, version)
         with self._lock:
-            commit_weights(self.drafter, weights)
+            commit()
 
 
 class _Run:
@@ -111,7 +110,7 @@ class _Run:
         first = self._sample(logits)
         self.proposer = None
         if engine.drafter is not None:
-            self.proposer = DraftProposer(engine.drafter, engine.vocab_size)
+            self.proposer = engine.drafter.new_proposer(engine.vocab_size)
             self.proposer.start(ids, valid, first)
         self.stats.prefill_time_s = time.perf_counter() - start
         self.last = first

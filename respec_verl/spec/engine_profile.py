@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from respec_verl.drafter.drafter import Drafter
+from respec_verl.spec.drafting import DraftSource
 from respec_verl.spec.engine import SpeculativeEngine
 from respec_verl.spec.policy import FixedK
 from respec_verl.spec.profile import ProfileKey, StepCostProfile, check_grid
@@ -49,7 +49,7 @@ def engine_step_times(
 @torch.inference_mode()
 def profile_engine_steps(
     target: torch.nn.Module,
-    drafter: Drafter,
+    drafter: DraftSource,
     batch_sizes: Sequence[int],
     ks: Sequence[int],
     context_len: int = 128,

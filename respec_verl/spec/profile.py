@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from respec_verl.drafter.drafter import Drafter
 from respec_verl.json_file import write_json_atomic
 from respec_verl.spec.kv_state import KVState
-from respec_verl.spec.proposer import DraftProposer
-from respec_verl.spec.sampling import SamplingParams
+from respec_verl.spec.drafting import DraftSource
 
 FORMAT_VERSION = 1
 
@@ -42,7 +40,7 @@ class ProfileKey:
     drafter: str = ""
 
     @classmethod
-    def of(cls, target: torch.nn.Module, drafter: Drafter | None = None, model_name: str | None = None) -> ProfileKey:
+    def of(cls, target: torch.nn.Module, drafter: DraftSource | None = None, model_name: str | None = None) -> ProfileKey:
         """The key of `target` (and `drafter`) as they are loaded now."""
         param = next(target.parameters())
         name = model_name or getattr(target.config, "name_or_path", "") or type(target).__name__
@@ -50,10 +48,7 @@ class ProfileKey:
             device = f"cuda:{torch.cuda.get_device_name(param.device)}"
         else:  # CPU step times scale with the thread count
             device = f"{param.device.type}:{torch.get_num_threads()}threads"
-        draft_name = ""
-        if drafter is not None:
-            cfg = drafter.model.config
-            draft_name = f"{type(drafter.model).__name__}-{cfg.num_hidden_layers}L-{drafter.draft_vocab_size}V"
+        draft_name = "" if drafter is None else drafter.describe()
         return cls(str(name), str(param.dtype).removeprefix("torch."), device, draft_name)
 
 
@@ -254,15 +249,6 @@ def _target_step(state: KVState, tokens: torch.Tensor, last_only: bool) -> None:
     state.keep_last(torch.zeros_like(tokens, dtype=torch.bool))
 
 
-def _draft_step(proposer: DraftProposer, k: int, last: torch.Tensor) -> None:
-    """One k-token proposal as the engine runs it, then roll the drafter back to where it was."""
-    batch = last.shape[0]
-    proposer.pending = [[int(t)] for t in last]
-    drafts, _ = proposer.propose(k, SamplingParams(temperature=0.0), [None] * batch)
-    proposer.accept(drafts, torch.zeros(batch, dtype=torch.long), last)  # rejects the fed drafts
-    proposer.state.keep_last(torch.zeros(batch, 1, dtype=torch.bool))  # and the token fed first
-
-
 def check_grid(batch_sizes: Sequence[int], ks: Sequence[int]) -> None:
     """A profile's grid: batch sizes and draft lengths, each a non-empty list of integers >= 1."""
     if not batch_sizes or min(batch_sizes) < 1:
@@ -274,7 +260,7 @@ def check_grid(batch_sizes: Sequence[int], ks: Sequence[int]) -> None:
 @torch.inference_mode()
 def profile_step_costs(
     target: torch.nn.Module,
-    drafter: Drafter,
+    drafter: DraftSource,
     batch_sizes: Sequence[int],
     ks: Sequence[int],
     context_len: int | Sequence[int] = 256,
@@ -309,7 +295,7 @@ def profile_step_costs(
                 target_state = KVState(target)
                 last = target_state.forward(prompt, torch.ones_like(prompt, dtype=torch.bool), last_only=True)
                 last = last.argmax(dim=-1)
-                proposer = DraftProposer(drafter, vocab)
+                proposer = drafter.new_proposer(vocab)
                 proposer.start(prompt, torch.ones_like(prompt, dtype=torch.bool), last)
 
                 decode = partial(_target_step, target_state, last[:, None], True)
@@ -319,6 +305,6 @@ def profile_step_costs(
                     chunk = torch.randint(vocab, (b, k + 1), generator=generator).to(device)
                     verify = partial(_target_step, target_state, chunk, False)
                     profile.verify_s[(ctx, b, k)] = _timed(verify, repeats, device)
-                    profile.draft_s[(ctx, b, k)] = _timed(partial(_draft_step, proposer, k, last), repeats, device)
+                    profile.draft_s[(ctx, b, k)] = _timed(partial(proposer.probe, k, last), repeats, device)
                     bar.update()
     return profile

@@ -47,7 +47,7 @@ class RespecDraftLlamaForCausalLM(LlamaForCausalLM):
         # target token id of each draft output; zeros until the weights arrive (dummy loading skips ints)
         self.draft_to_target = nn.Parameter(torch.zeros(self.draft_vocab_size, dtype=torch.long), requires_grad=False)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
-        draft_sampling.install()
+        draft_sampling.install(RespecDraftLlamaForCausalLM)
 
     def compute_draft_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """Logits over the draft vocabulary [N, draft_vocab_size]; `draft_to_target` names their ids."""

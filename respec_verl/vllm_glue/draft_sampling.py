@@ -73,18 +73,17 @@ def _patched(original, model_class: type):
     return _sample_draft_tokens
 
 
-def install() -> None:
-    """Route reduced-vocabulary drafters' probabilistic drafting through `sample_reduced_draft` (idempotent).
+def install(model_class: type) -> None:
+    """Route probabilistic drafting of `model_class` drafters through `sample_reduced_draft` (idempotent).
 
-    Called by `RespecDraftLlamaForCausalLM` as vLLM builds it, so its module is loaded by then.
+    Called by `RespecDraftLlamaForCausalLM` (with itself) as vLLM builds it. The class needs
+    `compute_draft_logits(hidden_states)` and `draft_to_target`.
     """
     from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
 
-    from respec_verl.vllm_glue.draft_model import RespecDraftLlamaForCausalLM
-
     current = SpecDecodeBaseProposer._sample_draft_tokens
     if not hasattr(current, _PATCH_MARK):
-        SpecDecodeBaseProposer._sample_draft_tokens = _patched(current, RespecDraftLlamaForCausalLM)
+        SpecDecodeBaseProposer._sample_draft_tokens = _patched(current, model_class)
 
 
 def set_enabled(enabled: bool) -> None:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
 
-from respec_verl.verl_glue.cpu.layerwise_reload import layerwise_reload
+from respec_verl.vllm_glue.layerwise_reload import layerwise_reload
 
 logger = logging.getLogger(__name__)
 LAYERWISE_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"

@@ -32,6 +32,8 @@ from __future__ import annotations
 import logging
 import os
 
+from respec_verl.verl_glue.cpu.accelerator import accelerator_present
+
 logger = logging.getLogger(__name__)
 
 ENV = "RESPEC_VERL_CPU"
@@ -49,16 +51,6 @@ def mode() -> str:
     if value not in MODES:
         raise ValueError(f"{ENV} = {raw!r} is not valid; allowed: auto, 1 (force), 0 (disable)")
     return value
-
-
-def accelerator_present() -> bool:
-    """Whether torch sees a CUDA (or ROCm) GPU or an Ascend NPU in this process."""
-    import torch
-
-    if torch.cuda.is_available():
-        return True
-    npu = getattr(torch, "npu", None)
-    return bool(npu is not None and npu.is_available())
 
 
 def wanted() -> bool:

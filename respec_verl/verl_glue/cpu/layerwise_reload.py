@@ -12,9 +12,9 @@ parameters (on meta) with loaders that buffer the incoming tensors, process each
 its weights have arrived and copy the result into the kernel tensors; `finalize_layerwise_reload`
 processes what is left (attention) and puts back the kernel tensors of layers that got nothing.
 
-- `layerwise_reload(model, model_config, vllm_config)`: that bracket as a context manager, inside
-  `set_current_vllm_config` (layer processing may read the current config); reusable for any model
-  in the worker, the drafter included.
+- `layerwise_reload(model, model_config, vllm_config)` (`respec_verl/vllm_glue/layerwise_reload.py`):
+  that bracket as a context manager, inside `set_current_vllm_config` (layer processing may read
+  the current config); the drafter's update uses it too.
 - `patch_extension`: wraps `vLLMColocateWorkerExtension.update_weights_from_ipc` so verl's plain
   (not LoRA, not quantized, not QAT) weight sync runs inside `layerwise_reload` for every model it
   updates, with verl's own trailing `process_weights_after_loading` skipped (finalize has done it).
@@ -31,29 +31,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from types import ModuleType
 
+from respec_verl.vllm_glue.layerwise_reload import layerwise_reload
+
 logger = logging.getLogger(__name__)
 
 EXTENSION_MODULE = "verl.workers.rollout.vllm_rollout.utils"
 EXTENSION_CLASS = "vLLMColocateWorkerExtension"
 POSTPROCESS_MODULE = "vllm.model_executor.model_loader.utils"  # where verl imports it from, at call time
-
-
-@contextmanager
-def layerwise_reload(model, model_config, vllm_config) -> Iterator[None]:
-    """Inside: `model.load_weights(checkpoint-format weights)`; on exit every layer is in kernel format.
-
-    Finalises even when loading fails, so no layer is left on the meta device; a layer that got no
-    weights keeps its previous ones (vLLM logs "<Layer>: Failed to load weights" for those).
-    """
-    from vllm.config import set_current_vllm_config
-    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
-
-    with set_current_vllm_config(vllm_config):
-        initialize_layerwise_reload(model)
-        try:
-            yield
-        finally:
-            finalize_layerwise_reload(model, model_config)
 
 
 @contextmanager

@@ -165,7 +165,7 @@ class PlatformCPU(PlatformBase):
 
     def is_platform_available(self, use_smi_check: bool = False) -> bool:
         """Auto-detection picks the CPU only where no accelerator is (the built-ins are probed first)."""
-        from respec_verl.verl_glue.cpu import accelerator_present
+        from respec_verl.verl_glue.cpu.accelerator import accelerator_present
 
         return not accelerator_present()
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from respec_verl.drafter.drafter import Drafter
+from respec_verl.spec.drafting import DrafterSwapError
 
+if TYPE_CHECKING:
+    from respec_verl.drafter.drafter import Drafter
 
-class DrafterSwapError(ValueError):
-    """New drafter weights were rejected; the engine's drafter and its version are untouched."""
+__all__ = ["DrafterSwapError", "DrafterWeights", "commit_weights", "prepare_weights"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def prepare_weights(
     `version` is required). The result owns its tensors, so a source still being trained (the
     learner's copy) cannot change them between validation and commit.
     """
-    if isinstance(new, Drafter):
+    if isinstance(new, type(drafter)):
         _check_same_vocab(drafter, new)
         source, version = new.model.state_dict(), new.version if version is None else version
     elif isinstance(new, Mapping):

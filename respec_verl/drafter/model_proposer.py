@@ -1,12 +1,16 @@
-"""Draft proposals: the drafter's own KV state and the tokens it has not seen yet."""
+"""The small causal LM's proposer (`spec.drafting.Proposer`): its own KV state and the tokens it has not seen yet."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from respec_verl.drafter.drafter import Drafter
 from respec_verl.spec.kv_state import KVState
 from respec_verl.spec.sampling import SamplingParams, probs_from_logits, sample_rows
+
+if TYPE_CHECKING:
+    from respec_verl.drafter.drafter import Drafter
 
 
 class DraftProposer:
@@ -77,3 +81,11 @@ class DraftProposer:
         if self.state.batch_size:  # the drafter has a cache once it has proposed
             self.state.select_rows(rows)
         self.pending = [self.pending[r] for r in rows.tolist()]
+
+    def probe(self, k: int, last: torch.Tensor) -> None:
+        """One k-token proposal after `last` as the engine runs it, then roll the cache back to where it was."""
+        batch = last.shape[0]
+        self.pending = [[int(t)] for t in last]
+        drafts, _ = self.propose(k, SamplingParams(temperature=0.0), [None] * batch)
+        self.accept(drafts, torch.zeros(batch, dtype=torch.long), last)  # rejects the fed drafts
+        self.state.keep_last(torch.zeros(batch, 1, dtype=torch.bool))  # and the token fed first
