@@ -1,0 +1,222 @@
+"""A model-free drafter over the run's own token history: prompts, sibling answers, earlier rollouts.
+
+GRPO samples a group of answers to each prompt and returns to each prompt every epoch, so a rollout
+repeats its siblings, its earlier epochs and its own prompt (RhymeRL, DAS, Seer, SuffixDecoding).
+`SuffixIndex` keeps an n-gram table over recent token sequences; a draft is the continuation of
+the longest n-gram (up to `max_match` tokens) that ends the row's context, taken by majority vote
+over that n-gram's recent occurrences, position by position. Every sequence that a generate call
+produces (each row's prompt and output) enters the index as it grows, so siblings still being
+generated count, and stays there for later calls until the token budget evicts it (oldest first).
+
+The draft is deterministic given the history, so it is verified as a one-hot q: accepted with
+probability p(d), the residual max(0, p - q) otherwise, which keeps sampling exact
+(`spec.verifier.rejection_sample`). A row's draft depends on other rows' past tokens only, never on
+its own verification randomness. Rows without a match propose their last token repeated: a wasted
+verification slot, never a wrong output.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from respec_verl.spec.drafting import DrafterSwapError
+from respec_verl.spec.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """min_match/max_match: n-gram lengths tried, longest first. max_tokens: the index's token budget
+    (older sequences are evicted). max_occurrences: recent occurrences kept per n-gram (the vote)."""
+
+    min_match: int = 2
+    max_match: int = 8
+    max_tokens: int = 200_000
+    max_occurrences: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_match <= self.max_match:
+            raise ValueError(f"history min_match/max_match = {self.min_match}/{self.max_match} are not valid; "
+                             "allowed: 1 <= min_match <= max_match")
+        if self.max_tokens < 1 or self.max_occurrences < 1:
+            raise ValueError("history max_tokens and max_occurrences must be >= 1")
+
+
+_POSITION_BITS = 32  # an occurrence is one int: sequence id << 32 | position after the n-gram
+
+
+class SuffixIndex:
+    """Token sequences and an n-gram table pointing at the position after each occurrence.
+
+    Adding a token costs one table entry per n-gram length (max_match - min_match + 1); the table is
+    keyed by the n-gram's hash, so a collision can only cost a draft its acceptance, never
+    correctness. Memory: about 200 bytes per table entry, bounded through `max_tokens`.
+    """
+
+    def __init__(self, config: HistoryConfig | None = None):
+        self.config = config or HistoryConfig()
+        self._sequences: OrderedDict[int, list[int]] = OrderedDict()  # oldest first
+        self._table: dict[int, list[int]] = {}
+        self._next_id = 0
+        self.tokens = 0
+
+    def add(self, tokens: Sequence[int] = ()) -> int:
+        """A new sequence; returns its id (extend it as it grows)."""
+        seq_id = self._next_id
+        self._next_id += 1
+        self._sequences[seq_id] = []
+        self.extend(seq_id, tokens)
+        return seq_id
+
+    def extend(self, seq_id: int, tokens: Sequence[int]) -> None:
+        seq = self._sequences.get(seq_id)
+        if seq is None:  # evicted: a sequence that outlived the budget stops being indexed
+            return
+        lo, hi, cap = self.config.min_match, self.config.max_match, self.config.max_occurrences
+        for token in tokens:
+            seq.append(int(token))
+            end = len(seq)
+            code = seq_id << _POSITION_BITS | end
+            for n in range(lo, min(hi, end) + 1):
+                slots = self._table.setdefault(hash(tuple(seq[end - n:])), [])
+                slots.append(code)
+                if len(slots) > cap:
+                    del slots[0]
+        self.tokens += len(tokens)
+        self._evict()
+
+    def draft(self, context: Sequence[int], k: int) -> list[int]:
+        """Up to k tokens continuing `context`: the longest matching n-gram's majority continuation."""
+        mask = (1 << _POSITION_BITS) - 1
+        for n in range(min(self.config.max_match, len(context)), self.config.min_match - 1, -1):
+            slots = self._table.get(hash(tuple(context[len(context) - n:])))
+            if not slots:
+                continue
+            candidates = []
+            for code in slots:
+                seq = self._sequences.get(code >> _POSITION_BITS)
+                if seq is not None and (code & mask) < len(seq):
+                    candidates.append((seq, code & mask))
+            if candidates:
+                return _majority_continuation(candidates, k)
+        return []
+
+    def memory(self) -> dict[str, int]:
+        """What the index holds: sequences, tokens and n-gram entries."""
+        return {"sequences": len(self._sequences), "tokens": self.tokens,
+                "ngrams": len(self._table), "occurrences": sum(len(s) for s in self._table.values())}
+
+    def _evict(self) -> None:
+        lo, hi = self.config.min_match, self.config.max_match
+        while self.tokens > self.config.max_tokens and len(self._sequences) > 1:
+            seq_id, seq = self._sequences.popitem(last=False)
+            self.tokens -= len(seq)
+            for end in range(lo, len(seq) + 1):
+                for n in range(lo, min(hi, end) + 1):
+                    key = hash(tuple(seq[end - n:end]))
+                    slots = self._table.get(key)
+                    if slots is None:
+                        continue
+                    slots[:] = [code for code in slots if code >> _POSITION_BITS != seq_id]
+                    if not slots:
+                        del self._table[key]
+
+
+def _majority_continuation(candidates: list[tuple[list[int], int]], k: int) -> list[int]:
+    out: list[int] = []
+    for j in range(k):
+        votes = Counter(seq[end + j] for seq, end in candidates if end + j < len(seq))
+        if not votes:
+            break
+        token = votes.most_common(1)[0][0]
+        out.append(token)
+        candidates = [(seq, end) for seq, end in candidates if end + j < len(seq) and seq[end + j] == token]
+    return out
+
+
+class HistoryDrafter:
+    """`spec.drafting.DraftSource` over a `SuffixIndex`; the index outlives generate calls (the history)."""
+
+    def __init__(self, config: HistoryConfig | None = None):
+        self.index = SuffixIndex(config)
+        self.version = 0
+
+    def describe(self) -> str:
+        c = self.index.config
+        return f"history-{c.min_match}to{c.max_match}"
+
+    def check_compatible(self, target_vocab_size: int) -> None:
+        """Drafts are tokens the target itself produced or was prompted with: always its vocabulary."""
+
+    def new_proposer(self, target_vocab_size: int) -> HistoryProposer:
+        return HistoryProposer(self.index, target_vocab_size)
+
+    def prepare_update(self, new: object, version: int | None = None) -> Callable[[], None]:
+        """Rollouts to remember (a list of token-id lists, e.g. from another engine); added by the commit."""
+        if not isinstance(new, (list, tuple)) or not all(
+            isinstance(seq, (list, tuple)) and all(isinstance(t, int) and t >= 0 for t in seq) for seq in new
+        ):
+            raise DrafterSwapError("a history drafter is refreshed with rollouts: a list of token-id lists")
+        sequences = [list(seq) for seq in new]
+
+        def commit() -> None:
+            for seq in sequences:
+                self.index.add(seq)
+            self.version = self.version + 1 if version is None else version
+
+        return commit
+
+
+class HistoryProposer:
+    """One generate call's rows as sequences of the shared index; one-hot q for sampled drafts."""
+
+    def __init__(self, index: SuffixIndex, target_vocab_size: int):
+        self.index = index
+        self.vocab_size = target_vocab_size
+        self.rows: list[list[int]] = []
+        self.ids: list[int] = []
+        self.device = torch.device("cpu")
+
+    def start(self, prompt_ids: torch.Tensor, prompt_valid: torch.Tensor, first_tokens: torch.Tensor) -> None:
+        self.device = prompt_ids.device
+        self.rows = [ids[valid].tolist() + [int(t)] for ids, valid, t in zip(prompt_ids, prompt_valid, first_tokens)]
+        self.ids = [self.index.add(row) for row in self.rows]
+
+    def push(self, tokens: torch.Tensor) -> None:
+        for row, token in enumerate(tokens.tolist()):
+            self._append(row, [token])
+
+    def propose(
+        self, k: int, params: SamplingParams, generators: list[torch.Generator | None]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        drafts = []
+        for row in self.rows:
+            found = self.index.draft(row, k)
+            drafts.append(found + [row[-1]] * (k - len(found)))
+        tokens = torch.tensor(drafts, dtype=torch.long, device=self.device)
+        if params.greedy:
+            return tokens, None
+        q = torch.zeros(len(drafts), k, self.vocab_size, device=self.device)
+        q.scatter_(-1, tokens.unsqueeze(-1), 1.0)
+        return tokens, q
+
+    def accept(self, draft_tokens: torch.Tensor, num_accepted: torch.Tensor, next_token: torch.Tensor) -> None:
+        for row, (n, token) in enumerate(zip(num_accepted.tolist(), next_token.tolist())):
+            self._append(row, draft_tokens[row, :n].tolist() + [token])
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        keep = rows.tolist()
+        self.rows = [self.rows[r] for r in keep]
+        self.ids = [self.ids[r] for r in keep]
+
+    def probe(self, k: int, last: torch.Tensor) -> None:
+        """A lookup per row; nothing to roll back (the index is only read)."""
+        for row, token in zip(self.rows, last.tolist()):
+            self.index.draft(row[:-1] + [int(token)], k)
+
+    def _append(self, row: int, tokens: list[int]) -> None:
+        self.rows[row].extend(tokens)
+        self.index.extend(self.ids[row], tokens)
