@@ -66,7 +66,8 @@ def test_verl_extension_names():
     from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer
 
     assert "sync" in trainer_base.TRAINER_REGISTRY
-    for hook in ("on_init_end", "on_step_end", "on_sample_end", "_update_actor", "_compute_metrics", "_save_checkpoint"):
+    # every PPOTrainerSync method RespecPPOTrainerSync overrides (docs/upstream/touch-points.md)
+    for hook in ("_init_resource_pool_mgr", "_build_replay_buffer", "_update_actor", "_compute_metrics", "_save_checkpoint"):
         assert callable(getattr(PPOTrainerSync, hook)), hook
     for hook in ("_preprocess_engine_kwargs", "_get_worker_extension_cls", "_resolve_sleep_level", "generate"):
         assert callable(getattr(vLLMHttpServer, hook)), hook
