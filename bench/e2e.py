@@ -11,17 +11,23 @@ Wilcoxon test; `respec_verl/run_comparison.py`). Writes JSON and a PNG plot, and
 
     python bench/e2e.py --task long --seeds 0,1,2 --out bench/results/e2e_long.json
     respec-verl bench e2e --task add --seeds 0 --steps 8 --out bench/results/e2e.json
+
+`--report-only` runs nothing: it rebuilds the comparison from the runs that finished under --work
+(each run folder's metrics.jsonl and summary.json), e.g. after an interrupted benchmark; seeds
+without both runs are left out, and the JSON says which seeds it holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from respec_verl.data.tasks import DEFAULT_TASK, TASKS
 from respec_verl.demo import DEFAULT_STEPS, DemoJob, run_job, write_outputs
 from respec_verl.json_file import write_json_atomic
+from respec_verl.run_report import read_jsonl
 from respec_verl.run_comparison import compare_seeds, format_seeds_table, plot_seeds
 from respec_verl.verl_glue.launch import DTYPE_CHOICES
 
@@ -55,8 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for every run (repeatable)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; compare the finished runs under --work")
     args = parser.parse_args(argv)
     out = Path(args.out or f"bench/results/e2e_{args.task}.json")
+    if args.report_only:
+        records, summaries = finished_runs(Path(args.work), args.seeds)
+        if not records:
+            parser.error(f"--report-only: no seed of {args.seeds} has both runs finished under --work {args.work}")
+        dtype = next(iter(summaries.values()))["job"]["dtype"]
+        report(args, records, summaries, out, dtype)
+        return
 
     records, summaries = {}, {}
     for index, seed in enumerate(args.seeds):
@@ -70,10 +84,28 @@ def main(argv: list[str] | None = None) -> None:
             runs[name] = run_job(job, folder, progress=not args.no_progress)
             summaries[f"seed{seed}/{name}"] = write_outputs(folder.resolve(), job, runs[name])
         records[seed] = (runs["spec"].records, runs["plain"].records)
+    report(args, records, summaries, out, job.dtype)
 
+
+def finished_runs(work: Path, seeds: list[int]) -> tuple[dict, dict]:
+    """(records, summaries) of the seeds whose two runs both wrote metrics.jsonl and summary.json."""
+    records, summaries = {}, {}
+    for seed in seeds:
+        folders = {name: work / f"seed{seed}" / name for name in ("spec", "plain")}
+        if not all((f / "metrics.jsonl").exists() and (f / "summary.json").exists() for f in folders.values()):
+            print(f"seed {seed}: not both runs finished under {work}; left out", file=sys.stderr)
+            continue
+        for name, folder in folders.items():
+            summaries[f"seed{seed}/{name}"] = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        records[seed] = (read_jsonl(folders["spec"] / "metrics.jsonl"), read_jsonl(folders["plain"] / "metrics.jsonl"))
+    return records, summaries
+
+
+def report(args: argparse.Namespace, records: dict, summaries: dict, out: Path, dtype: str) -> None:
+    """Compare, write the JSON and the PNG, print the table."""
     comparison = compare_seeds(records)
     result = {
-        "args": {**vars(args), "dtype": job.dtype},
+        "args": {**vars(args), "dtype": dtype, "seeds_reported": sorted(records)},
         "comparison": comparison,
         "summaries": summaries,
         "steps": {str(seed): {"spec": [r.to_json() for r in spec], "plain": [r.to_json() for r in plain]}
@@ -81,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_json_atomic(out, result)
     plot_seeds(records, comparison, out.with_suffix(".png"),
-               title=f"GRPO on {args.model}, task {args.task}, {args.steps} steps, seeds {args.seeds}: SD on vs off")
+               title=f"GRPO on {args.model}, task {args.task}, {args.steps} steps, seeds {sorted(records)}: SD on vs off")
     print(format_seeds_table(comparison))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

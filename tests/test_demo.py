@@ -130,12 +130,37 @@ def test_seeds_give_each_ratio_its_spread_and_pair_rewards_by_seed_and_step():
     assert "| rollout share of the step, SD off | 0.55 ± 0.07 (min 0.50, max 0.60) |" in table
 
 
-def test_e2e_alternates_the_order_of_the_runs_between_seeds():
+def _e2e_bench():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("e2e_bench", ROOT / "bench" / "e2e.py")
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
+    return e2e
+
+
+def test_e2e_report_only_compares_the_finished_runs_and_says_which(tmp_path):
+    """An interrupted benchmark keeps its finished runs: --report-only compares the seeds with both."""
+    e2e = _e2e_bench()
+    for seed, names in ((0, ("spec", "plain")), (1, ("spec",))):  # seed 1 lost its SD-off run
+        for name in names:
+            folder = tmp_path / "work" / f"seed{seed}" / name
+            folder.mkdir(parents=True)
+            rollout = 10.0 if name == "spec" else 20.0
+            write_jsonl(folder / "metrics.jsonl", [RLStep(step=s, reward=0.5, rollout_s=rollout, step_s=40.0) for s in (1, 2, 3)])
+            (folder / "summary.json").write_text(json.dumps({"job": {"dtype": "float32"}}))
+    out = tmp_path / "e2e.json"
+    e2e.main(["--report-only", "--seeds", "0,1", "--work", str(tmp_path / "work"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["args"]["seeds_reported"] == [0] and result["args"]["dtype"] == "float32"
+    assert result["comparison"]["rollout_s_speedup"]["per_seed"] == pytest.approx([2.0])
+    assert out.with_suffix(".png").exists()
+    with pytest.raises(SystemExit):
+        e2e.main(["--report-only", "--seeds", "1", "--work", str(tmp_path / "work"), "--out", str(out)])
+
+
+def test_e2e_alternates_the_order_of_the_runs_between_seeds():
+    e2e = _e2e_bench()
     assert [name for name, _ in e2e.run_order(0)] == ["spec", "plain"]
     assert [name for name, _ in e2e.run_order(1)] == ["plain", "spec"]
     assert e2e.seeds_arg("0,1,2") == [0, 1, 2]
