@@ -147,7 +147,8 @@ def test_e2e_report_only_compares_the_finished_runs_and_says_which(tmp_path):
             folder = tmp_path / "work" / f"seed{seed}" / name
             folder.mkdir(parents=True)
             rollout = 10.0 if name == "spec" else 20.0
-            write_jsonl(folder / "metrics.jsonl", [RLStep(step=s, reward=0.5, rollout_s=rollout, step_s=40.0) for s in (1, 2, 3)])
+            records = [RLStep(step=s, reward=0.5, rollout_s=rollout, step_s=40.0) for s in (1, 2, 3)]
+            write_jsonl(folder / "metrics.jsonl", records)
             (folder / "summary.json").write_text(json.dumps({"job": {"dtype": "float32"}}))
     out = tmp_path / "e2e.json"
     e2e.main(["--report-only", "--seeds", "0,1", "--work", str(tmp_path / "work"), "--out", str(out)])

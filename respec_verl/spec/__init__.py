@@ -3,6 +3,7 @@
 from respec_verl.spec.acceptance import AcceptanceEstimate
 from respec_verl.spec.calibration import StepTimeCalibration
 from respec_verl.spec.controller import AdaptiveController, ControllerConfig, build_k_policy
+from respec_verl.spec.drafting import DrafterSwapError, DraftSource, Proposer
 from respec_verl.spec.engine import GenerationOutput, SpeculativeEngine
 from respec_verl.spec.policy import FixedK, KPolicy
 from respec_verl.spec.profile import ProfileKey, StepCostProfile, profile_step_costs
@@ -14,10 +15,13 @@ __all__ = [
     "AcceptanceEstimate",
     "AdaptiveController",
     "ControllerConfig",
+    "DraftSource",
+    "DrafterSwapError",
     "FixedK",
     "GenerationOutput",
     "KPolicy",
     "ProfileKey",
+    "Proposer",
     "SamplingParams",
     "SpecStats",
     "SpeculativeEngine",
