@@ -53,7 +53,7 @@ class SuffixIndex:
 
     Adding a token costs one table entry per n-gram length (max_match - min_match + 1); the table is
     keyed by the n-gram's hash, so a collision can only cost a draft its acceptance, never
-    correctness. Memory: about 200 bytes per table entry, bounded through `max_tokens`.
+    correctness. Memory grows with the table's entries, bounded through `max_tokens`; `memory()` counts them.
     """
 
     def __init__(self, config: HistoryConfig | None = None):
