@@ -90,6 +90,10 @@ class SuffixIndex:
 
     def draft(self, context: Sequence[int], k: int) -> list[int]:
         """Up to k tokens continuing `context`: the longest matching n-gram's majority continuation."""
+        return self.lookup(context, k)[0]
+
+    def lookup(self, context: Sequence[int], k: int) -> tuple[list[int], int]:
+        """`draft`'s tokens and the length of the n-gram they continue (0: no match), the draft's score."""
         mask = (1 << _POSITION_BITS) - 1
         for n in range(min(self.config.max_match, len(context)), self.config.min_match - 1, -1):
             slots = self._table.get(hash(tuple(context[len(context) - n:])))
@@ -101,8 +105,8 @@ class SuffixIndex:
                 if seq is not None and (code & mask) < len(seq):
                     candidates.append((seq, code & mask))
             if candidates:
-                return _majority_continuation(candidates, k)
-        return []
+                return _majority_continuation(candidates, k), n
+        return [], 0
 
     def memory(self) -> dict[str, int]:
         """What the index holds: sequences, tokens and n-gram entries."""
@@ -192,16 +196,17 @@ class HistoryProposer:
     def propose(
         self, k: int, params: SamplingParams, generators: list[torch.Generator | None]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        drafts = []
+        tokens, _ = self.lookup(k)
+        return tokens, None if params.greedy else one_hot(tokens, self.vocab_size)
+
+    def lookup(self, k: int) -> tuple[torch.Tensor, list[int]]:
+        """Each row's draft [B, k] (padded with its last token) and the length of the match behind it."""
+        drafts, matches = [], []
         for row in self.rows:
-            found = self.index.draft(row, k)
+            found, match = self.index.lookup(row, k)
             drafts.append(found + [row[-1]] * (k - len(found)))
-        tokens = torch.tensor(drafts, dtype=torch.long, device=self.device)
-        if params.greedy:
-            return tokens, None
-        q = torch.zeros(len(drafts), k, self.vocab_size, device=self.device)
-        q.scatter_(-1, tokens.unsqueeze(-1), 1.0)
-        return tokens, q
+            matches.append(match)
+        return torch.tensor(drafts, dtype=torch.long, device=self.device), matches
 
     def accept(self, draft_tokens: torch.Tensor, num_accepted: torch.Tensor, next_token: torch.Tensor) -> None:
         for row, (n, token) in enumerate(zip(num_accepted.tolist(), next_token.tolist())):
@@ -220,3 +225,9 @@ class HistoryProposer:
     def _append(self, row: int, tokens: list[int]) -> None:
         self.rows[row].extend(tokens)
         self.index.extend(self.ids[row], tokens)
+
+
+def one_hot(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """q [B, k, V] of deterministic drafts [B, k]: verification accepts d with probability p(d)."""
+    q = torch.zeros(*tokens.shape, vocab_size, device=tokens.device)
+    return q.scatter_(-1, tokens.unsqueeze(-1), 1.0)

@@ -28,7 +28,8 @@ class DraftProposer:
         self.vocab_size = target_vocab_size
         self.state = KVState(drafter.model)
         self.pending: list[list[int]] = []
-        self._fed_drafts = 0
+        self._fed_drafts = 0  # the drafts of the last proposal in the cache (all but the last)
+        self._own = torch.zeros(0, 0, dtype=torch.long)  # the last proposal's drafts
 
     def start(self, prompt_ids: torch.Tensor, prompt_valid: torch.Tensor, first_tokens: torch.Tensor) -> None:
         """Queue each row's prompt (its valid tokens) and first token; the drafter runs on the first proposal."""
@@ -63,19 +64,28 @@ class DraftProposer:
         self._fed_drafts = k - 1
         self.pending = [[] for _ in self.pending]
         draft_tokens = torch.stack(tokens, dim=1)
+        self._own = draft_tokens
         if params.greedy:
             return draft_tokens, None
         return draft_tokens, self.drafter.to_target_probs(torch.stack(probs, dim=1), self.vocab_size)
 
     def accept(self, draft_tokens: torch.Tensor, num_accepted: torch.Tensor, next_token: torch.Tensor) -> None:
-        """Keep the accepted drafts in the drafter's cache and queue what it has not seen."""
-        k = draft_tokens.shape[1]
-        if self._fed_drafts:
-            fed = torch.arange(self._fed_drafts)[None, :] < num_accepted[:, None]
-            self.state.keep_last(fed)
-        for row, (n, token) in enumerate(zip(num_accepted.tolist(), next_token.tolist())):
-            # the last draft was never fed to the drafter: when accepted it is still pending
-            self.pending[row] = ([int(draft_tokens[row, k - 1])] if n == k else []) + [token]
+        """Keep the accepted drafts that the drafter has already seen in its cache, and queue the rest.
+
+        The verified drafts need not be this proposer's own (a hybrid verifies another drafter's
+        tokens in some rows): of the drafts it fed itself, only the leading ones equal to the
+        verified tokens stay, and every accepted token after them is queued.
+        """
+        fed = self._fed_drafts
+        self._fed_drafts = 0
+        kept = torch.zeros(len(self.pending), dtype=torch.long)
+        if fed:
+            same = (draft_tokens[:, :fed] == self._own[:, :fed]).to(torch.long).cumprod(dim=1).bool()
+            keep = same & (torch.arange(fed)[None, :] < num_accepted[:, None])
+            self.state.keep_last(keep)
+            kept = keep.sum(dim=1)
+        for row, (start, n, token) in enumerate(zip(kept.tolist(), num_accepted.tolist(), next_token.tolist())):
+            self.pending[row] += draft_tokens[row, start:n].tolist() + [token]
 
     def select_rows(self, rows: torch.Tensor) -> None:
         if self.state.batch_size:  # the drafter has a cache once it has proposed
