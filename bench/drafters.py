@@ -1,0 +1,330 @@
+"""Plain decoding against the self-draft, history and hybrid drafters on the long task, side by side.
+
+Acceptance run (CPU, SmolLM2-135M-Instruct): for each scenario (a starting batch of B rows made of
+GRPO groups of `--group` answers to B/group prompts, and the long-tail rollout: `--long-tail` rows
+that finish one by one), every drafter runs two epochs over the same prompts with fresh seeds, one
+after the other, so that machine drift hits all of them alike. History (and the hybrid's history)
+starts empty in each scenario: epoch 1 drafts only from the prompt and the siblings generated side by
+side, epoch 2 also from epoch 1's answers. Per drafter, scenario and epoch it reports tokens per
+verification step (vLLM's acceptance length), the drafting cost per drafted token over a plain
+target step, tokens/s and its ratio to plain decoding in the same scenario and epoch.
+
+    python bench/drafters.py --out bench/results/drafters_long.json
+
+GPU projection (needs only torch and transformers on the GPU host): times the core engine's decode,
+verify and self-draft steps on random weights of the actor's shape and of a 7B shape, and projects
+each drafter's speed-up from those costs and the tokens per step that the acceptance run measured
+(acceptance does not depend on the hardware; step costs do):
+
+    python bench/drafters.py --project bench/results/drafters_long.json --device cuda \
+        --out bench/results/drafters_projection_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from respec_verl.json_file import write_json_atomic
+from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+
+DRAFTERS = ("plain", "self_draft", "history", "hybrid")
+
+# Random-weight shapes for the projection: the actor's, and a 7B actor's (Qwen2.5-7B-like).
+SHAPES = {
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3),
+    "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+               num_attention_heads=28, num_key_value_heads=4),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2),
+}
+
+
+def scenarios(batch_sizes: list[int], group: int, long_tail: int, long_tail_groups: list[int]) -> list[dict]:
+    """(name, batch, group) of each scenario: fixed starting batches, then the long tail per group size."""
+    out = [{"name": f"B{b}", "batch": b, "group": min(group, b)} for b in batch_sizes]
+    out += [{"name": f"long_tail_g{g}", "batch": long_tail, "group": g} for g in long_tail_groups if long_tail]
+    return out
+
+
+def run_one(engine: SpeculativeEngine, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> dict:
+    """One generate call's figures."""
+    start = time.perf_counter()
+    out = engine.generate(prompts, params, seeds=seeds)
+    wall = time.perf_counter() - start
+    stats = out.stats
+    plain_steps = [s for s in stats.steps if s.k == 0]
+    drafted = sum(s.k * s.batch_size for s in stats.steps if s.k)
+    return {
+        "tokens": stats.generated_tokens,
+        "wall_s": wall,
+        "tokens_per_s": stats.generated_tokens / wall,
+        "tokens_per_step": stats.mean_accept_length,
+        "spec_steps": stats.spec_steps,
+        "plain_steps": stats.plain_steps,
+        "draft_time_s": stats.draft_time_s,
+        "draft_s_per_token": stats.draft_time_s / drafted if drafted else 0.0,
+        "plain_step_s": statistics.median(s.target_time_s for s in plain_steps) if plain_steps else None,
+        "max_batch_tokens": max(len(t) for t in out.token_ids),
+    }
+
+
+def measure_acceptance(args) -> dict:
+    from respec_verl.data.tasks import get_task
+    from respec_verl.drafter import HistoryConfig, HistoryDrafter, HybridDrafter
+    from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
+    from respec_verl.models.smollm2 import encode_chat, load_smollm2
+
+    torch.manual_seed(args.seed)
+    target, tokenizer = load_smollm2(dtype=getattr(torch, args.dtype))
+    task = get_task(args.task)
+    cap = args.max_new_tokens or task.response_length
+    stop = (tokenizer.eos_token_id,)
+    questions = [q for q, _, _ in task.questions(args.warmup_prompts + 512, args.seed)]
+    warm_prompts = [encode_chat(tokenizer, q) for q in questions[:args.warmup_prompts]]
+    pool = [encode_chat(tokenizer, q) for q in questions[args.warmup_prompts:]]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=cap, stop_token_ids=stop)
+    warm_start = time.perf_counter()
+    answers = actor_answers(target, warm_prompts, greedy)
+    model, _ = warm_up_self_draft(target, warm_prompts, answers, num_layers=args.draft_layers,
+                                  draft_vocab_size=args.draft_vocab, always_tokens=stop, steps=args.warmup_steps,
+                                  seed=args.seed)
+    warmup_s = time.perf_counter() - warm_start
+    history_config = HistoryConfig(min_match=args.min_match, max_match=args.max_match)
+    params = SamplingParams(temperature=args.temperature, max_new_tokens=cap, stop_token_ids=stop)
+    ks = {"plain": 0, "self_draft": args.k_self_draft, "history": args.k_history, "hybrid": args.k_hybrid}
+
+    results, next_prompt = [], 0
+    for scenario in scenarios(args.batch_sizes, args.group, args.long_tail, args.long_tail_groups):
+        long_tail = scenario["name"].startswith("long_tail")
+        n_prompts = -(-scenario["batch"] // scenario["group"])
+        prompts = [p for p in pool[next_prompt:next_prompt + n_prompts] for _ in range(scenario["group"])]
+        prompts = prompts[:scenario["batch"]]
+        next_prompt += n_prompts
+        for name in DRAFTERS:
+            drafter = {
+                "plain": lambda: None,
+                "self_draft": lambda: model,
+                "history": lambda: HistoryDrafter(history_config),
+                "hybrid": lambda: HybridDrafter(HistoryDrafter(history_config), model, args.strong_match),
+            }[name]()
+            engine = SpeculativeEngine(target, drafter, FixedK(ks[name]), pad_token_id=tokenizer.pad_token_id or 0)
+            for epoch in range(1, args.epochs + 1):
+                seeds = [args.seed * 1_000_003 + epoch * 10_007 + row for row in range(len(prompts))]
+                schedule = None
+                if long_tail and name != "plain":  # as the controller would: speculate where it paid
+                    schedule = MeasuredSchedule(ks[name], fixed_batch_speedups(results, name, epoch))
+                    engine.k_policy = schedule
+                row = {**scenario, "drafter": name, "k": ks[name], "epoch": epoch,
+                       "schedule": None if schedule is None else schedule.table,
+                       **run_one(engine, prompts, params, seeds)}
+                if name == "hybrid":
+                    row["history_share"] = drafter.choices.history_share
+                    row["model_skipped_steps"] = drafter.choices.model_skipped_steps
+                results.append(row)
+                print(f"{scenario['name']:>14} {name:>10} epoch {epoch}: {row['tokens_per_s']:7.1f} tok/s, "
+                      f"{row['tokens_per_step']:.2f} tokens/step", file=sys.stderr, flush=True)
+    add_ratios(results)
+    history_lookup_s = history_lookup_cost(results)
+    return {"args": vars(args), "warmup_s": warmup_s, "results": results, "history_lookup_s_per_row": history_lookup_s}
+
+
+class MeasuredSchedule:
+    """k where the drafter beat plain decoding at the nearest measured batch size at or below the
+    live one, 0 elsewhere: the static per-batch-size schedule, read off this run's fixed-batch table."""
+
+    def __init__(self, k: int, speedups: dict[int, float]):
+        self.k = k
+        self.table = {b: (k if ratio > 1.0 else 0) for b, ratio in sorted(speedups.items())}
+
+    def choose_k(self, batch_size: int) -> int:
+        below = [b for b in self.table if b <= batch_size] or [min(self.table, default=1)]
+        return self.table.get(max(below), self.k)
+
+    def observe(self, record) -> None:
+        pass
+
+
+def fixed_batch_speedups(results: list[dict], drafter: str, epoch: int) -> dict[int, float]:
+    """{starting batch: tokens/s over plain} of the fixed-batch scenarios measured so far."""
+    plain = {r["batch"]: r["tokens_per_s"] for r in results
+             if r["drafter"] == "plain" and r["epoch"] == epoch and r["name"].startswith("B")}
+    return {r["batch"]: r["tokens_per_s"] / plain[r["batch"]] for r in results
+            if r["drafter"] == drafter and r["epoch"] == epoch and r["name"].startswith("B") and r["batch"] in plain}
+
+
+def add_ratios(results: list[dict]) -> None:
+    """tokens/s over plain decoding's in the same scenario and epoch."""
+    plain = {(r["name"], r["epoch"]): r["tokens_per_s"] for r in results if r["drafter"] == "plain"}
+    for r in results:
+        r["speedup"] = r["tokens_per_s"] / plain[(r["name"], r["epoch"])]
+
+
+def history_lookup_cost(results: list[dict]) -> float:
+    """Seconds of one history lookup for one row, the history drafter's whole drafting cost (median)."""
+    per_row = [r["draft_s_per_token"] * r["k"] for r in results if r["drafter"] == "history" and r["k"]]
+    return statistics.median(per_row) if per_row else 0.0
+
+
+def project(args) -> dict:
+    """Step costs on `--device` for each shape, and each drafter's projected speed-up from them."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from respec_verl.drafter.self_draft import self_draft
+    from respec_verl.spec.profile import profile_step_costs
+
+    measured = json.loads(Path(args.project).read_text())
+    rows = [r for r in measured["results"] if r["epoch"] == max(r["epoch"] for r in measured["results"])]
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    ks = sorted({r["k"] for r in rows if r["k"]})
+    batch_sizes = sorted({r["batch"] for r in rows} | set(args.batch_sizes))
+    out = {"args": vars(args), "acceptance_from": args.project, "device": _device_name(device), "shapes": {}}
+    for shape in args.shapes:
+        config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=False)
+        torch.manual_seed(0)
+        with torch.device(device):
+            target = LlamaForCausalLM(config).to(dtype).eval()
+        drafter = self_draft(target, args.draft_layers)
+        profile = profile_step_costs(target, drafter, batch_sizes, ks, context_len=args.context_len,
+                                     repeats=args.repeats)
+        out["shapes"][shape] = {
+            "decode_s": {str(b): profile.decode_time(b) for b in batch_sizes},
+            "verify_s": {f"{b},{k}": profile.verify_s[(args.context_len, b, k)] for b in batch_sizes for k in ks},
+            "draft_s": {f"{b},{k}": profile.draft_s[(args.context_len, b, k)] for b in batch_sizes for k in ks},
+            "projected": projected_speedups(rows, profile, args.context_len, measured["history_lookup_s_per_row"]),
+        }
+        del target, drafter
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def projected_speedups(rows: list[dict], profile, ctx: int, lookup_s: float) -> list[dict]:
+    """tokens per step x decode step / (verify step + drafting), per fixed-batch scenario of the last epoch.
+
+    A scenario is costed at its starting batch size; the hybrid pays the model's drafting on the
+    steps where it ran and a lookup per row on all of them.
+    """
+    out = []
+    for r in rows:
+        if r["drafter"] == "plain" or not r["name"].startswith("B"):  # the long tail's batch is not one size
+            continue
+        b, k = r["batch"], r["k"]
+        decode = profile.decode_time(b)
+        verify = profile.verify_s[(ctx, b, k)]
+        model_draft = profile.draft_s[(ctx, b, k)]
+        if r["drafter"] == "self_draft":
+            draft = model_draft
+        elif r["drafter"] == "history":
+            draft = lookup_s * b
+        else:
+            model_share = 1.0 - r["model_skipped_steps"] / max(1, r["spec_steps"])
+            draft = lookup_s * b + model_draft * model_share
+        out.append({"name": r["name"], "drafter": r["drafter"], "batch": b, "k": k,
+                    "tokens_per_step": r["tokens_per_step"],
+                    "projected_speedup": r["tokens_per_step"] * decode / (verify + draft)})
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu:{torch.get_num_threads()}threads"
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = doc["results"]
+    names = list(dict.fromkeys(r["name"] for r in results))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in DRAFTERS[1:]:
+        for epoch, style in ((1, "--"), (2, "-")):
+            rows = {r["name"]: r for r in results if r["drafter"] == name and r["epoch"] == epoch}
+            if not rows:
+                continue
+            xs = [n for n in names if n in rows]
+            axes[0].plot(xs, [rows[n]["speedup"] for n in xs], style, marker="o", label=f"{name} epoch {epoch}")
+            axes[1].plot(xs, [rows[n]["tokens_per_step"] for n in xs], style, marker="o", label=f"{name} epoch {epoch}")
+    axes[0].axhline(1.0, color="grey", lw=0.8)
+    axes[0].set_ylabel("tokens/s over plain decoding")
+    axes[1].set_ylabel("tokens per verification step")
+    for ax in axes:
+        ax.set_xlabel("scenario (starting batch; long tail = batch shrinking to 1)")
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"drafters on the {doc['args']['task']} task, {doc['args']['dtype']}, T={doc['args']['temperature']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--task", default="long")
+    parser.add_argument("--dtype", default=None, help="default: float32, bfloat16 for a --project on cuda")
+    parser.add_argument("--temperature", type=float, default=0.6)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's response cap")
+    parser.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--group", type=int, default=4, help="answers per prompt in the fixed-batch scenarios")
+    parser.add_argument("--long-tail", type=int, default=64, help="rows of the long-tail rollout (0: none)")
+    parser.add_argument("--long-tail-groups", type=_ints, default=[4, 8])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--k-self-draft", type=int, default=3)
+    parser.add_argument("--k-history", type=int, default=6)
+    parser.add_argument("--k-hybrid", type=int, default=4)
+    parser.add_argument("--min-match", type=int, default=2)
+    parser.add_argument("--max-match", type=int, default=8)
+    parser.add_argument("--strong-match", type=int, default=4)
+    parser.add_argument("--draft-layers", type=int, default=2)
+    parser.add_argument("--draft-vocab", type=int, default=2048)
+    parser.add_argument("--warmup-prompts", type=int, default=16)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--project", default=None, help="an acceptance JSON of this script: project it on --device")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shapes", type=lambda s: s.split(","), default=["smollm2-135m", "7b"])
+    parser.add_argument("--context-len", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.project and args.device.startswith("cuda") else "float32"
+    for shape in args.shapes:
+        if shape not in SHAPES:
+            parser.error(f"--shapes: {shape!r} is not valid; allowed: {', '.join(SHAPES)}")
+    if args.epochs < 1 or args.group < 1:
+        parser.error("--epochs and --group must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if args.project:
+        doc = project(args)
+        write_json_atomic(out, doc)
+        return
+    doc = measure_acceptance(args)
+    write_json_atomic(out, doc)
+    plot(doc, out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
