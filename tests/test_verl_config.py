@@ -17,7 +17,7 @@ from respec_verl.verl_glue.config import DrafterConfig, RespecConfig
 def test_defaults_are_valid_and_off():
     config = RespecConfig()
     assert config.enable is False
-    assert config.drafter == DrafterConfig() and config.drafter.path is None and config.drafter.method == "draft_model"
+    assert config.drafter == DrafterConfig() and config.drafter.path is None and config.drafter.method == "model"
     assert config.controller == ControllerConfig() and config.evolution == LearnerConfig()
 
 
@@ -62,7 +62,13 @@ def test_interpolations_are_resolved_against_the_whole_config():
         ({"drafter": {"self_draft_layers": -1}}, "actor_rollout_ref.respec.drafter.self_draft_layers", "-1", ">= 1"),
         ({"drafter": {"draft_vocab_size": 0}}, "actor_rollout_ref.respec.drafter.draft_vocab_size", "0", ">= 1"),
         ({"drafter": {"path": ""}}, "actor_rollout_ref.respec.drafter.path", "''", "non-empty path"),
-        ({"drafter": {"method": "eagle3"}}, "actor_rollout_ref.respec.drafter.method", "'eagle3'", "'draft_model'"),
+        ({"drafter": {"method": "eagle3"}}, "actor_rollout_ref.respec.drafter.method", "'eagle3'", "'model', 'history'"),
+        ({"drafter": {"method": "hybrid"}}, "actor_rollout_ref.respec.drafter.method", "'hybrid'", "core engine"),
+        ({"drafter": {"history": {"max_match": 0}}}, "actor_rollout_ref.respec.drafter.history.max_match", "0", ">= 1"),
+        ({"drafter": {"history": {"window": 3}}}, "actor_rollout_ref.respec.drafter.history.window", "known key",
+         "min_match, max_match, max_tokens, max_occurrences"),
+        ({"drafter": {"history": {"min_match": 9}}}, "actor_rollout_ref.respec.drafter.history", "9/8",
+         "min_match <= max_match"),
         ({"drafter": {"sample_method": "top1"}}, "actor_rollout_ref.respec.drafter.sample_method", "'top1'", "'greedy'"),
         ({"drafter": "small"}, "actor_rollout_ref.respec.drafter", "'small'", "self_draft_layers"),
         ({"controller": {"max_k": -1}}, "actor_rollout_ref.respec.controller.max_k", "-1", "an integer >= 0"),

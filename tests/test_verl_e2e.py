@@ -85,3 +85,27 @@ def test_grpo_with_respec_runs_evolves_the_drafter_and_checkpoints_it(tmp_path):
     # resuming from it (verl's `_load_checkpoint`) is covered piecewise: the controller state by
     # tests/test_vllm_glue.py::test_controller_state_is_restored_before_vllm_starts, the learner by
     # tests/test_learner.py's state_dict round trip; a manual resume to step 3 published version 3.
+
+
+def test_grpo_with_the_history_drafter_runs_in_vllm_without_a_drafter_model(tmp_path):
+    """`drafter.method=history`: vLLM drafts through respec's custom proposer; nothing is trained or pushed.
+
+    The random tiny actor starts its answers with the same few likely tokens whatever the prompt, and
+    the chat template ends every prompt alike, so step 2's rollouts find step 1's in the history.
+    """
+    from respec_verl.verl_glue.launch import launch
+
+    overrides = ["actor_rollout_ref.respec.enable=true", "actor_rollout_ref.respec.drafter.method=history",
+                 "actor_rollout_ref.respec.controller.max_k=3"]
+    result = launch("tiny", tmp_path, steps=2, dtype="float32", config_path=RECIPE, config_name="respec_grpo",
+                    overrides=overrides, timeout_s=900)
+    assert result.run.returncode == 0
+    for m in result.metrics.values():
+        assert m["training/rollout_probs_diff_mean"] < PROBS_DIFF_MEAN_TOLERANCE  # lossless
+        assert m["training/rollout_probs_diff_max"] < PROBS_DIFF_MAX_TOLERANCE
+        assert not any(name.startswith("respec/drafter/") for name in m)  # no learner
+        assert m["respec/controller/k_mean"] == 3.0  # history runs at controller.max_k
+    assert result.metrics[2]["rollout/spec_accept_length"] > 1.0  # drafts from step 1's rollouts were accepted
+    assert not (tmp_path / "checkpoints" / "respec" / "self_draft").exists()  # no drafter folder was cut
+    log = result.run.log_path.read_text(errors="replace")
+    assert '"method": "custom_class"' in log and "history_proposer.HistoryProposer" in log

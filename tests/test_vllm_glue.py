@@ -26,10 +26,23 @@ def test_settings_round_trip_and_vllm_config():
         "num_speculative_tokens_per_batch_size": [[1, 4, 3], [5, 8, 0]],
         "draft_sample_method": "probabilistic",
     }
-    assert back.scheduler_settings() == {"controller": s.controller, "profile_path": "/p.json", "state_path": "/s.json"}
+    assert back.scheduler_settings() == {"controller": s.controller, "profile_path": "/p.json", "state_path": "/s.json",
+                                         "history": {}}
     assert RolloutSettings.from_dict(None) is None
     # no schedule given: one range over every batch size at the largest k
     assert RolloutSettings(True, "/d", 2).speculative_config(16)["num_speculative_tokens_per_batch_size"] == [[1, 16, 2]]
+
+
+def test_history_settings_ask_vllm_for_respecs_custom_proposer():
+    s = RolloutSettings(True, "", 5, [(1, 8, 5)], {"policy": "fixed", "max_k": 5}, drafter_method="history",
+                        history={"max_match": 6})
+    back = RolloutSettings.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back == s
+    assert back.speculative_config(max_num_seqs=8) == {
+        "method": "custom_class", "model": "respec_verl.vllm_glue.history_proposer.HistoryProposer",
+        "num_speculative_tokens": 5,
+    }
+    assert back.scheduler_settings()["history"] == {"max_match": 6}  # what the proposer reads in vLLM
 
 
 def test_self_draft_dir_keeps_the_first_layers(tmp_path):

@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from respec_verl.drafter.history import HistoryConfig
 from respec_verl.drafter.learner import LearnerConfig
 from respec_verl.spec.controller import ControllerConfig
 
 CONFIG_KEY = "actor_rollout_ref.respec"
-DRAFTER_METHODS = ("draft_model",)  # vLLM speculative methods we can drive; eagle3 may follow
+DRAFTER_METHODS = ("model", "history")  # what the vLLM rollout serves (see DrafterConfig)
+CORE_ONLY_METHODS = ("hybrid",)  # drafters of the core engine that vLLM cannot serve yet
 SAMPLE_METHODS = ("probabilistic", "greedy")  # vLLM's draft_sample_method
 PROFILE_ENGINES = ("vllm", "core")  # what the step-cost profile measured at start times
 
@@ -42,17 +44,26 @@ class DrafterConfig:
     draft_vocab_size: the cut self-draft predicts over this many tokens only (the actor's special
     tokens and its tokenizer's most frequent merges); on a small actor the full output layer is
     most of the drafter's cost. None keeps the full vocabulary. A drafter loaded from `path` keeps
-    its own head. method: vLLM's speculative method, one of `DRAFTER_METHODS`. sample_method: how
-    the drafter proposes, one of `SAMPLE_METHODS`: "probabilistic" samples from the drafter's
-    distribution q and accepts with probability min(1, p/q) (1 - TV(p, q) per token, what the KD
-    loss raises); "greedy" proposes q's argmax, accepted with probability p(token). Both are lossless.
+    its own head. sample_method: how the drafter proposes, one of `SAMPLE_METHODS`:
+    "probabilistic" samples from the drafter's distribution q and accepts with probability
+    min(1, p/q) (1 - TV(p, q) per token, what the KD loss raises); "greedy" proposes q's argmax,
+    accepted with probability p(token). Both are lossless.
+
+    method: "model" (the small causal LM above, run by vLLM's `draft_model` method and evolved by
+    the learner) or "history" (no model: drafts from the run's own rollouts, `drafter.history`,
+    served by vLLM's `custom_class` proposer hook at a fixed k = `controller.max_k`, since that
+    hook is not told the scheduler's k; nothing to train or push). "hybrid" runs in respec's core
+    engine only (`drafter.hybrid`). history: the history index's settings, `HistoryConfig` fields
+    (min_match, max_match, max_tokens, max_occurrences); the index lives in the vLLM engine and is
+    rebuilt from the rollouts after a restart or resume, not checkpointed.
     """
 
     path: str | None = None
     self_draft_layers: int = 2
     draft_vocab_size: int | None = None
-    method: str = "draft_model"
+    method: str = "model"
     sample_method: str = "probabilistic"
+    history: dict = field(default_factory=lambda: dataclasses.asdict(HistoryConfig()))
 
     def __post_init__(self) -> None:
         key = f"{CONFIG_KEY}.drafter"
@@ -62,10 +73,30 @@ class DrafterConfig:
             _fail(f"{key}.self_draft_layers", self.self_draft_layers, "an integer >= 1")
         if self.draft_vocab_size is not None and (not _is_int(self.draft_vocab_size) or self.draft_vocab_size < 1):
             _fail(f"{key}.draft_vocab_size", self.draft_vocab_size, "null (full vocabulary) or an integer >= 1")
+        if self.method in CORE_ONLY_METHODS:
+            _fail(f"{key}.method", self.method, "one of " + ", ".join(repr(m) for m in DRAFTER_METHODS)
+                  + f" (vLLM's rollout cannot serve {self.method!r} yet: it runs in respec's core engine, "
+                  "see docs/drafters.md)")
         if self.method not in DRAFTER_METHODS:
             _fail(f"{key}.method", self.method, "one of " + ", ".join(repr(m) for m in DRAFTER_METHODS))
+        self.history_config()  # validates the history keys
         if self.sample_method not in SAMPLE_METHODS:
             _fail(f"{key}.sample_method", self.sample_method, "one of " + ", ".join(repr(m) for m in SAMPLE_METHODS))
+
+
+    def history_config(self) -> HistoryConfig:
+        """`history` as a validated `HistoryConfig`; errors name the full key."""
+        key = f"{CONFIG_KEY}.drafter.history"
+        if not isinstance(self.history, Mapping):
+            _fail(key, self.history, "a mapping with keys " + ", ".join(_field_names(HistoryConfig)))
+        _check_keys(key, self.history, HistoryConfig)
+        for name, value in self.history.items():
+            if not _is_int(value) or value < 1:
+                _fail(f"{key}.{name}", value, "an integer >= 1")
+        try:
+            return HistoryConfig(**self.history)
+        except ValueError as e:  # min_match > max_match
+            raise ValueError(f"{key}: {e}") from None
 
 
 @dataclass

@@ -48,12 +48,18 @@ def prepare_rollout(config: Any, respec: RespecConfig) -> RolloutSettings:
     folder = run_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     model_path = str(config.actor_rollout_ref.model.path)
-    drafter_dir = respec.drafter.path or str(cut_self_draft(model_path, folder / "self_draft", respec.drafter))
+    history = respec.drafter.method == "history"
+    drafter_dir = ""
+    if not history:
+        drafter_dir = respec.drafter.path or str(cut_self_draft(model_path, folder / "self_draft", respec.drafter))
     controller = respec.controller
+    controller_settings = respec.to_dict()["controller"]
+    if history:  # vLLM's custom proposer hook drafts max_k tokens whatever the scheduler picks
+        controller_settings["policy"] = "fixed"
     max_num_seqs = int(config.actor_rollout_ref.rollout.max_num_seqs)
     speculative = controller.policy != "off" and controller.max_k > 0
     profile_path = None
-    if speculative and controller.policy == "adaptive":
+    if speculative and controller_settings["policy"] == "adaptive":
         profile_path = str(profile_for_run(respec, model_path, drafter_dir, config, folder, max_num_seqs))
     restore_controller_state(config, folder / STATE_FILE)
     settings = RolloutSettings(
@@ -61,10 +67,12 @@ def prepare_rollout(config: Any, respec: RespecConfig) -> RolloutSettings:
         drafter_dir=drafter_dir,
         max_k=controller.max_k,
         schedule=[(1, max_num_seqs, controller.max_k)],
-        controller=respec.to_dict()["controller"],
+        controller=controller_settings,
         profile_path=profile_path,
         state_path=str(folder / STATE_FILE),
         draft_sample_method=respec.drafter.sample_method,
+        drafter_method=respec.drafter.method,
+        history=dict(respec.drafter.history),
     )
     with open_dict(config):
         rollout = config.actor_rollout_ref.rollout

@@ -124,8 +124,8 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         self._respec_capture_s = 0.0  # what labelling cost inside that pass
         self._respec_pushed: int | None = None
         self._respec_step = 0
-        if self.respec.enable and "actor" in self.role:
-            self._respec_build_learner()
+        if self.respec.enable and self.respec.drafter.method == "model" and "actor" in self.role:
+            self._respec_build_learner()  # a history drafter has nothing to train or push
 
     def _respec_build_learner(self) -> None:
         from respec_verl.drafter.drafter_dir import load_drafter_dir

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 CUSTOM_KEY = "respec"
+HISTORY_PROPOSER = "respec_verl.vllm_glue.history_proposer.HistoryProposer"  # vLLM imports it by this name
 
 
 @dataclass
@@ -26,7 +27,9 @@ class RolloutSettings:
     scheduler writes the controller's state and its k choices (and resumes from).
     draft_sample_method: vLLM's, "probabilistic" (draft tokens sampled from q, accepted with
     probability min(1, p/q): 1 - TV(p, q) per token, which the KD loss raises) or "greedy" (argmax
-    of q, accepted with probability p(token)).
+    of q, accepted with probability p(token)). drafter_method: "model" (vLLM's `draft_model` with
+    `drafter_dir`) or "history" (vLLM's `custom_class` hook with `HISTORY_PROPOSER`, no drafter
+    folder; `history` holds its index settings).
     """
 
     speculative: bool
@@ -37,6 +40,8 @@ class RolloutSettings:
     profile_path: str | None = None
     state_path: str | None = None
     draft_sample_method: str = "probabilistic"
+    drafter_method: str = "model"
+    history: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> RolloutSettings | None:
@@ -55,6 +60,8 @@ class RolloutSettings:
 
     def speculative_config(self, max_num_seqs: int) -> dict[str, Any]:
         """vLLM's `speculative_config`: the drafter, the largest k and a schedule covering 1..max_num_seqs."""
+        if self.drafter_method == "history":  # the hook drafts up to max_k; it is not told a per-step k
+            return {"method": "custom_class", "model": HISTORY_PROPOSER, "num_speculative_tokens": self.max_k}
         schedule = self.schedule or [(1, max_num_seqs, self.max_k)]
         return {
             "method": "draft_model",
@@ -66,4 +73,5 @@ class RolloutSettings:
 
     def scheduler_settings(self) -> dict[str, Any]:
         """What `scheduler.build_policy` reads from vLLM's `additional_config["respec"]`."""
-        return {"controller": dict(self.controller), "profile_path": self.profile_path, "state_path": self.state_path}
+        return {"controller": dict(self.controller), "profile_path": self.profile_path, "state_path": self.state_path,
+                "history": dict(self.history)}
