@@ -98,3 +98,14 @@ def test_chi_square_rejects_history_sd_with_a_verifier_that_skips_the_residual(t
     engine = SpeculativeEngine(target, _seeded_history(), FixedK(3), verifier=residual_skipping_verifier)
     pvalue = chi_square_pvalue(sampled_counts(engine, params), exact_joint(target, params))
     assert pvalue < ALPHA, f"the test has no power against a broken verifier (p={pvalue:.2e})"
+
+
+def test_steps_without_a_match_decode_plainly_and_drafts_are_as_long_as_the_longest_found():
+    target = tiny_llama(97, seed=1)
+    params = SamplingParams(temperature=0.0, max_new_tokens=24)
+    out = SpeculativeEngine(target, HistoryDrafter(), FixedK(6)).generate(RAGGED, params)
+    assert out.token_ids == SpeculativeEngine(target).generate(RAGGED, params).token_ids
+    ks = [s.k for s in out.stats.steps]
+    assert 0 in ks  # nothing to draft anywhere: no verification of padding
+    assert any(0 < k < 6 for k in ks)  # the longest draft found set the width
+    assert any(s.k == 0 and s.draft_time_s > 0 for s in out.stats.steps)  # a lookup that found nothing is timed

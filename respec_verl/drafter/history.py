@@ -11,8 +11,9 @@ generated count, and stays there for later calls until the token budget evicts i
 The draft is deterministic given the history, so it is verified as a one-hot q: accepted with
 probability p(d), the residual max(0, p - q) otherwise, which keeps sampling exact
 (`spec.verifier.rejection_sample`). A row's draft depends on other rows' past tokens only, never on
-its own verification randomness. Rows without a match propose their last token repeated: a wasted
-verification slot, never a wrong output.
+its own verification randomness. A step drafts as many tokens as the longest draft found (none when
+no row matched: the engine then decodes plainly); rows with shorter drafts are padded with their
+last token: a wasted verification slot, never a wrong output.
 """
 
 from __future__ import annotations
@@ -200,13 +201,16 @@ class HistoryProposer:
         return tokens, None if params.greedy else one_hot(tokens, self.vocab_size)
 
     def lookup(self, k: int) -> tuple[torch.Tensor, list[int]]:
-        """Each row's draft [B, k] (padded with its last token) and the length of the match behind it."""
-        drafts, matches = [], []
+        """Each row's draft [B, k'] and the length of the match behind it; k' is the longest draft
+        found (at most k; 0 when no row matched), shorter drafts padded with the row's last token."""
+        found, matches = [], []
         for row in self.rows:
-            found, match = self.index.lookup(row, k)
-            drafts.append(found + [row[-1]] * (k - len(found)))
+            tokens, match = self.index.lookup(row, k)
+            found.append(tokens)
             matches.append(match)
-        return torch.tensor(drafts, dtype=torch.long, device=self.device), matches
+        width = max(map(len, found), default=0)
+        drafts = [tokens + [row[-1]] * (width - len(tokens)) for tokens, row in zip(found, self.rows)]
+        return torch.tensor(drafts, dtype=torch.long, device=self.device).view(len(drafts), width), matches
 
     def accept(self, draft_tokens: torch.Tensor, num_accepted: torch.Tensor, next_token: torch.Tensor) -> None:
         for row, (n, token) in enumerate(zip(num_accepted.tolist(), next_token.tolist())):

@@ -99,10 +99,12 @@ class HybridProposer:
         history_rows = int(strong.sum())
         self.choices.history_rows += history_rows
         self.choices.model_rows += len(matches) - history_rows
-        q = None if params.greedy else one_hot(tokens, self.history.vocab_size)
-        if history_rows == len(matches):
+        if history_rows == len(matches):  # every row's draft from history: as long as the longest one
             self.choices.model_skipped_steps += 1
-            return tokens, q
+            return tokens, None if params.greedy else one_hot(tokens, self.history.vocab_size)
+        last = torch.tensor([row[-1] for row in self.history.rows], device=tokens.device)
+        tokens = torch.cat([tokens, last[:, None].expand(-1, k - tokens.shape[1])], dim=1)  # pad to k
+        q = None if params.greedy else one_hot(tokens, self.history.vocab_size)
         model_tokens, model_q = self.model.propose(k, params, generators)
         tokens = torch.where(strong[:, None], tokens, model_tokens)
         if q is not None:

@@ -44,7 +44,9 @@ class Proposer(Protocol):
     def propose(
         self, k: int, params: SamplingParams, generators: list[torch.Generator | None]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """k drafts per row: ids [B, k] and q [B, k, V] over the target vocabulary (None if greedy)."""
+        """Up to k drafts per row: ids [B, k'] and q [B, k', V] over the target vocabulary (None if
+        greedy), k' <= k the same for every row; k' = 0 makes the step a plain decoding step (a
+        drafter with nothing worth verifying). The engine then reports the step as k = 0."""
 
     def accept(self, draft_tokens: torch.Tensor, num_accepted: torch.Tensor, next_token: torch.Tensor) -> None:
         """The target kept `num_accepted` [B] of the last proposal's drafts, then emitted `next_token` [B]."""

@@ -139,6 +139,13 @@ class _Run:
         k = self._choose_k()
         batch = len(self.alive)
         lagging = self._lagging()
+        draft_time = 0.0
+        if k > 0:
+            start = time.perf_counter()
+            drafts, draft_probs = self.proposer.propose(k, self.params, self.generators)
+            drafted = time.perf_counter()
+            draft_time = drafted - start
+            k = drafts.shape[1]  # a proposer may draft fewer (none: nothing worth verifying)
         if k == 0:
             start = time.perf_counter()
             logits = self.target.forward(self.last[:, None], torch.ones(batch, 1, dtype=torch.bool), last_only=True)
@@ -147,14 +154,11 @@ class _Run:
             if self.proposer is not None:
                 self.proposer.push(token)
             logprobs = token_logprobs(logits, token, self.params.temperature)
-            record = StepRecord(batch, 0, [0] * batch, 0.0, target_time, lagging=lagging)
+            record = StepRecord(batch, 0, [0] * batch, draft_time, target_time, lagging=lagging)
             zeros = torch.zeros(batch, dtype=torch.long)
             self._finish_step(step_start, token, token[:, None], logprobs[:, None], zeros, record)
             return
 
-        start = time.perf_counter()
-        drafts, draft_probs = self.proposer.propose(k, self.params, self.generators)
-        drafted = time.perf_counter()
         chunk = torch.cat([self.last[:, None], drafts], dim=1)
         logits = self.target.forward(chunk, torch.ones(batch, k + 1, dtype=torch.bool))  # [B, k+1, V]
         scores = logits if self.params.greedy else probs_from_logits(logits, self.params)
@@ -169,7 +173,7 @@ class _Run:
         emitted = torch.cat([drafts, torch.zeros_like(drafts[:, :1])], dim=1)
         emitted[rows, n] = verdict.next_token
         logprobs = token_logprobs(logits, emitted, self.params.temperature)
-        record = StepRecord(batch, k, n.tolist(), drafted - start, target_time, lagging=lagging)
+        record = StepRecord(batch, k, n.tolist(), draft_time, target_time, lagging=lagging)
         self._finish_step(step_start, verdict.next_token, emitted, logprobs, n, record)
 
     def _finish_step(self, step_start: float, last, emitted, logprobs, num_accepted, record: StepRecord) -> None:
