@@ -7,7 +7,9 @@ hot-swap in. In async mode the update runs in a background thread (torch release
 the caller runs the actor update or the next rollout; at most one update is in flight, so a
 rollout uses a drafter at most one version behind. A bad update (NaN or exploding loss or
 gradient, or any exception) never reaches the RL loop: the learner restores its last good state,
-logs a warning and counts the failure.
+logs a warning and counts the failure. With a `RankSync`, the learners of all data-parallel ranks
+train one drafter: gradients are averaged and every guard is decided on all ranks' values, so each
+rank publishes the same weights under the same version.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from respec_verl.drafter.drafter import Drafter
 from respec_verl.drafter.kd_loss import TeacherTargets, reward_weighted_kd_loss, sequence_weights, teacher_targets
 from respec_verl.drafter.learner_config import CONFIG_KEY, LearnerConfig, resolve_overlap  # noqa: F401 (re-exported)
 from respec_verl.drafter.precision import resolve_compute_dtype
+from respec_verl.drafter.rank_sync import RankSync
 from respec_verl.drafter.recording import LabelledRollout, record_update
 
 logger = logging.getLogger(__name__)
@@ -47,9 +50,16 @@ class DrafterLearner:
     update runs.
     """
 
-    def __init__(self, drafter: Drafter, config: LearnerConfig | None = None, target: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        drafter: Drafter,
+        config: LearnerConfig | None = None,
+        target: torch.nn.Module | None = None,
+        rank_sync: RankSync | None = None,
+    ):
         self.config = config or LearnerConfig()
         self.target = target
+        self._sync = rank_sync  # data-parallel ranks train one drafter (`rank_sync`); None: this rank alone
         self._dtype = next(drafter.model.parameters()).dtype
         model = copy.deepcopy(drafter.model).float()
         model.eval()
@@ -149,6 +159,10 @@ class DrafterLearner:
         with self._lock:
             rollouts = list(self._buffer)
             self._buffer.clear()
+        if self._sync is not None and self._sync.min(len(rollouts)) == 0:  # all ranks update, or none does
+            with self._lock:
+                self._buffer.extendleft(reversed(rollouts))
+            return None
         if not rollouts:
             return None
         if not self.config.async_update:
@@ -269,7 +283,7 @@ class DrafterLearner:
             tokens += int(batch.response_mask.sum())
         trained = self._train.model.named_parameters()
         bad = [name for name, p in trained if p.requires_grad and not torch.isfinite(p).all()]
-        if bad:
+        if self._agreed(bool(bad)):
             raise _Rejected(f"non-finite drafter weights after the update: {bad[:3]}")
         return losses, norms, tokens
 
@@ -281,12 +295,15 @@ class DrafterLearner:
                 logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 loss = self._loss(logits, batch)  # the loss takes its log-softmax in float32
             value = float(loss.detach())
-            if not math.isfinite(value) or value > self.config.max_loss:
-                raise _Rejected(f"loss {value:.4g} at optimizer step {step} (max_loss {self.config.max_loss:g})")
+            if self._agreed(not math.isfinite(value) or value > self.config.max_loss):
+                raise _Rejected(f"loss {value:.4g} at optimizer step {step} (max_loss {self.config.max_loss:g}; "
+                                "on this rank or another)")
             self._optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self._sync is not None:
+                self._sync.average_gradients(self._trainable)
             norm = float(torch.nn.utils.clip_grad_norm_(self._trainable, self.config.grad_clip))
-            if not math.isfinite(norm) or norm > self.config.max_grad_norm:
+            if self._agreed(not math.isfinite(norm) or norm > self.config.max_grad_norm):
                 limit = self.config.max_grad_norm
                 raise _Rejected(f"gradient norm {norm:.4g} at optimizer step {step} (max_grad_norm {limit:g})")
             self._optimizer.step()
@@ -294,6 +311,10 @@ class DrafterLearner:
             self._optimizer.zero_grad(set_to_none=True)
             model.eval()
         return value, norm
+
+    def _agreed(self, bad: bool) -> bool:
+        """Whether some rank found its step bad (this rank's finding without a rank sync)."""
+        return bad if self._sync is None else self._sync.any(bad)
 
     def _autocast(self) -> torch.autocast:
         """The forward pass's mixed precision (`compute_dtype`); autocast is per thread, so an async

@@ -29,8 +29,9 @@ registered methods, each calling verl's:
 With `respec.record.dir` set, the drafter's training data of every update and, every
 `record.actor_every` steps, the updated actor are kept there for offline analysis.
 
-Limits: each data-parallel rank trains its own drafter copy on its shard of the batch and pushes
-it to the vLLM server it feeds; the labels cost one forward of the actor over the batch.
+Data parallelism: each actor rank trains the drafter on its shard of the batch with gradients
+averaged over the ranks (`drafter.rank_sync`), so every rank pushes the same weights and version to
+the vLLM server it feeds. Limits: the labels cost one forward of the actor over the batch.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
     def _respec_build_learner(self) -> None:
         from respec_verl.drafter.drafter_dir import load_drafter_dir
         from respec_verl.drafter.learner import DrafterLearner
+        from respec_verl.drafter.rank_sync import RankSync
 
         custom = self.config.rollout.get("custom") or {}
         drafter = load_drafter_dir(custom["respec"]["drafter_dir"], dtype=torch.float32)
@@ -138,7 +140,10 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         evolution = self.respec.evolution
         if self.respec.record.dir:
             evolution = dataclasses.replace(evolution, record_dir=os.path.join(self.respec.record.dir, "updates"))
-        self._respec_learner = DrafterLearner(drafter, evolution, target=self.actor.engine.module)
+        # every actor rank trains the same drafter on its shard, with gradients averaged over the
+        # ranks, so the vLLM replicas that the ranks feed all serve one drafter version
+        self._respec_learner = DrafterLearner(drafter, evolution, target=self.actor.engine.module,
+                                              rank_sync=RankSync.for_data_parallel())
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_log_prob(self, data):

@@ -1,0 +1,75 @@
+"""One drafter across data-parallel ranks: 2 CPU ranks on gloo, each with its own shard of rollouts."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from respec_verl.drafter import DrafterLearner, LearnerConfig, self_draft
+from respec_verl.drafter.rank_sync import RankSync
+from tests.conftest import tiny_llama
+from tests.test_learner import rollouts
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, port: int, out: str, synced: bool, poison_rank: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        target = tiny_llama(97, seed=1)
+        config = LearnerConfig(steps_per_update=2, batch_size=4, lr=1e-3, top_k=0,
+                               async_update=rank == 1)  # one rank updates in a background thread
+        learner = DrafterLearner(self_draft(target, 1), config, target=target,
+                                 rank_sync=RankSync.for_data_parallel() if synced else None)
+        learner.add_rollouts(*rollouts(target, 8, seed=10 + rank))  # each rank its own shard
+        if rank == poison_rank:  # this rank's loss explodes: every rank must reject the update
+            learner._loss = lambda logits, batch: logits.sum() * float("inf")
+        learner.update(step=1)
+        learner.wait()
+        drafter = learner.latest()
+        torch.save({"version": drafter.version, "weights": drafter.model.state_dict(),
+                    "failures": learner.metrics.get("respec/drafter/failures")}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(tmp_path, synced: bool, poison_rank: int = -1) -> list[dict]:
+    mp.spawn(_rank, args=(_free_port(), str(tmp_path), synced, poison_rank), nprocs=WORLD, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_ranks_publish_the_same_drafter_version_and_weights(tmp_path):
+    first, second = _run(tmp_path, synced=True)
+    assert first["version"] == second["version"] == 1
+    assert _same(first["weights"], second["weights"])
+
+
+def test_without_the_sync_the_ranks_drafters_drift_apart(tmp_path):
+    first, second = _run(tmp_path, synced=False)
+    assert first["version"] == second["version"] == 1
+    assert not _same(first["weights"], second["weights"])  # what the sync prevents
+
+
+@pytest.mark.parametrize("poison_rank", [0, 1])
+def test_a_rejected_update_on_one_rank_is_rejected_on_every_rank(tmp_path, poison_rank):
+    first, second = _run(tmp_path, synced=True, poison_rank=poison_rank)
+    assert first["version"] == second["version"] == 0
+    assert first["failures"] == second["failures"] == 1
+    assert _same(first["weights"], second["weights"])
