@@ -75,7 +75,7 @@ def run_one(engine: SpeculativeEngine, prompts: list[list[int]], params: Samplin
     }
 
 
-def measure_acceptance(args) -> dict:
+def measure_acceptance(args, save=None) -> dict:
     from respec_verl.data.tasks import get_task
     from respec_verl.drafter import HistoryConfig, HistoryDrafter, HybridDrafter
     from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
@@ -101,6 +101,13 @@ def measure_acceptance(args) -> dict:
     ks = {"plain": 0, "self_draft": args.k_self_draft, "history": args.k_history, "hybrid": args.k_hybrid}
 
     results, next_prompt = [], 0
+
+    def document() -> dict:
+        done = [dict(r) for r in results]
+        add_ratios(done)
+        return {"args": vars(args), "warmup_s": warmup_s, "results": done,
+                "history_lookup_s_per_row": history_lookup_cost(done)}
+
     for scenario in scenarios(args.batch_sizes, args.group, args.long_tail, args.long_tail_groups):
         long_tail = scenario["name"].startswith("long_tail")
         n_prompts = -(-scenario["batch"] // scenario["group"])
@@ -130,9 +137,9 @@ def measure_acceptance(args) -> dict:
                 results.append(row)
                 print(f"{scenario['name']:>14} {name:>10} epoch {epoch}: {row['tokens_per_s']:7.1f} tok/s, "
                       f"{row['tokens_per_step']:.2f} tokens/step", file=sys.stderr, flush=True)
-    add_ratios(results)
-    history_lookup_s = history_lookup_cost(results)
-    return {"args": vars(args), "warmup_s": warmup_s, "results": results, "history_lookup_s_per_row": history_lookup_s}
+        if save is not None:  # every finished scenario is kept, so a stopped run still reports
+            save(document())
+    return document()
 
 
 class MeasuredSchedule:
@@ -321,9 +328,11 @@ def main(argv: list[str] | None = None) -> None:
         doc = project(args)
         write_json_atomic(out, doc)
         return
-    doc = measure_acceptance(args)
-    write_json_atomic(out, doc)
-    plot(doc, out.with_suffix(".png"))
+    def save(doc: dict) -> None:
+        write_json_atomic(out, doc)
+        plot(doc, out.with_suffix(".png"))
+
+    save(measure_acceptance(args, save))
 
 
 if __name__ == "__main__":
