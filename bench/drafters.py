@@ -53,25 +53,48 @@ def scenarios(batch_sizes: list[int], group: int, long_tail: int, long_tail_grou
     return out
 
 
-def run_one(engine: SpeculativeEngine, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> dict:
-    """One generate call's figures."""
-    start = time.perf_counter()
-    out = engine.generate(prompts, params, seeds=seeds)
-    wall = time.perf_counter() - start
-    stats = out.stats
-    plain_steps = [s for s in stats.steps if s.k == 0]
-    drafted = sum(s.k * s.batch_size for s in stats.steps if s.k)
+def run_one(engine: SpeculativeEngine, calls: list[tuple[list[list[int]], list[int]]], params: SamplingParams) -> dict:
+    """The figures of a scenario's generate calls (prompts and seeds each), summed over the calls.
+
+    Sampled SD emits other samples than plain decoding (the same law, not the same draws), so
+    answers, and with them prefill's share of the wall time, differ between drafters: `speedup`
+    compares decode throughput (tokens after the first over the time after prefill), `speedup_wall`
+    the wall times. More calls (`--calls`) average the answer lengths out.
+    """
+    tokens = wall = prefill = draft = 0.0
+    steps = []
+    accepted = drafts = max_len = 0
+    for prompts, seeds in calls:
+        start = time.perf_counter()
+        out = engine.generate(prompts, params, seeds=seeds)
+        wall += time.perf_counter() - start
+        stats = out.stats
+        tokens += stats.generated_tokens
+        prefill += stats.prefill_time_s
+        draft += stats.draft_time_s
+        steps += stats.steps
+        accepted += sum(stats.accepted_per_pos)
+        drafts += stats.num_drafts
+        max_len = max(max_len, *(len(t) for t in out.token_ids))
+    rows = sum(len(prompts) for prompts, _ in calls)
+    plain = [s.step_time_s for s in steps if s.k == 0]
+    spec = [s.step_time_s for s in steps if s.k]
+    drafted = sum(s.k * s.batch_size for s in steps if s.k)
     return {
-        "tokens": stats.generated_tokens,
+        "calls": len(calls),
+        "tokens": int(tokens),
         "wall_s": wall,
-        "tokens_per_s": stats.generated_tokens / wall,
-        "tokens_per_step": stats.mean_accept_length,
-        "spec_steps": stats.spec_steps,
-        "plain_steps": stats.plain_steps,
-        "draft_time_s": stats.draft_time_s,
-        "draft_s_per_token": stats.draft_time_s / drafted if drafted else 0.0,
-        "plain_step_s": statistics.median(s.target_time_s for s in plain_steps) if plain_steps else None,
-        "max_batch_tokens": max(len(t) for t in out.token_ids),
+        "prefill_s": prefill,
+        "tokens_per_s": tokens / wall,
+        "decode_tokens_per_s": (tokens - rows) / (wall - prefill),
+        "tokens_per_step": 1.0 + accepted / drafts if drafts else 1.0,
+        "spec_steps": len(spec),
+        "plain_steps": len(plain),
+        "draft_time_s": draft,
+        "draft_s_per_token": draft / drafted if drafted else 0.0,
+        "plain_step_s": statistics.median(plain) if plain else None,
+        "spec_step_s": statistics.median(spec) if spec else None,
+        "max_answer_tokens": max_len,
     }
 
 
@@ -111,9 +134,11 @@ def measure_acceptance(args, save=None) -> dict:
     for scenario in scenarios(args.batch_sizes, args.group, args.long_tail, args.long_tail_groups):
         long_tail = scenario["name"].startswith("long_tail")
         n_prompts = -(-scenario["batch"] // scenario["group"])
-        prompts = [p for p in pool[next_prompt:next_prompt + n_prompts] for _ in range(scenario["group"])]
-        prompts = prompts[:scenario["batch"]]
-        next_prompt += n_prompts
+        groups = []
+        for _ in range(args.calls):
+            prompts = [p for p in pool[next_prompt:next_prompt + n_prompts] for _ in range(scenario["group"])]
+            groups.append(prompts[:scenario["batch"]])
+            next_prompt += n_prompts
         for name in DRAFTERS:
             drafter = {
                 "plain": lambda: None,
@@ -123,14 +148,15 @@ def measure_acceptance(args, save=None) -> dict:
             }[name]()
             engine = SpeculativeEngine(target, drafter, FixedK(ks[name]), pad_token_id=tokenizer.pad_token_id or 0)
             for epoch in range(1, args.epochs + 1):
-                seeds = [args.seed * 1_000_003 + epoch * 10_007 + row for row in range(len(prompts))]
+                calls = [(prompts, [args.seed * 1_000_003 + epoch * 10_007 + call * 1009 + row
+                                    for row in range(len(prompts))]) for call, prompts in enumerate(groups)]
                 schedule = None
                 if long_tail and name != "plain":  # as the controller would: speculate where it paid
                     schedule = MeasuredSchedule(ks[name], fixed_batch_speedups(results, name, epoch))
                     engine.k_policy = schedule
                 row = {**scenario, "drafter": name, "k": ks[name], "epoch": epoch,
                        "schedule": None if schedule is None else schedule.table,
-                       **run_one(engine, prompts, params, seeds)}
+                       **run_one(engine, calls, params)}
                 if name == "hybrid":
                     row["history_share"] = drafter.choices.history_share
                     row["model_skipped_steps"] = drafter.choices.model_skipped_steps
@@ -159,18 +185,21 @@ class MeasuredSchedule:
 
 
 def fixed_batch_speedups(results: list[dict], drafter: str, epoch: int) -> dict[int, float]:
-    """{starting batch: tokens/s over plain} of the fixed-batch scenarios measured so far."""
-    plain = {r["batch"]: r["tokens_per_s"] for r in results
+    """{starting batch: decode tokens/s over plain's} of the fixed-batch scenarios measured so far."""
+    plain = {r["batch"]: r["decode_tokens_per_s"] for r in results
              if r["drafter"] == "plain" and r["epoch"] == epoch and r["name"].startswith("B")}
-    return {r["batch"]: r["tokens_per_s"] / plain[r["batch"]] for r in results
+    return {r["batch"]: r["decode_tokens_per_s"] / plain[r["batch"]] for r in results
             if r["drafter"] == drafter and r["epoch"] == epoch and r["name"].startswith("B") and r["batch"] in plain}
 
 
 def add_ratios(results: list[dict]) -> None:
-    """tokens/s over plain decoding's in the same scenario and epoch."""
-    plain = {(r["name"], r["epoch"]): r["tokens_per_s"] for r in results if r["drafter"] == "plain"}
+    """Decode throughput (`speedup`) and wall-time throughput (`speedup_wall`) over plain decoding's
+    in the same scenario and epoch."""
+    plain = {(r["name"], r["epoch"]): r for r in results if r["drafter"] == "plain"}
     for r in results:
-        r["speedup"] = r["tokens_per_s"] / plain[(r["name"], r["epoch"])]
+        base = plain[(r["name"], r["epoch"])]
+        r["speedup"] = r["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+        r["speedup_wall"] = r["tokens_per_s"] / base["tokens_per_s"]
 
 
 def history_lookup_cost(results: list[dict]) -> float:
@@ -266,7 +295,7 @@ def plot(doc: dict, path: Path) -> None:
             axes[0].plot(xs, [rows[n]["speedup"] for n in xs], style, marker="o", label=f"{name} epoch {epoch}")
             axes[1].plot(xs, [rows[n]["tokens_per_step"] for n in xs], style, marker="o", label=f"{name} epoch {epoch}")
     axes[0].axhline(1.0, color="grey", lw=0.8)
-    axes[0].set_ylabel("tokens/s over plain decoding")
+    axes[0].set_ylabel("decode throughput over plain decoding")
     axes[1].set_ylabel("tokens per verification step")
     for ax in axes:
         ax.set_xlabel("scenario (starting batch; long tail = batch shrinking to 1)")
@@ -294,6 +323,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--long-tail", type=int, default=64, help="rows of the long-tail rollout (0: none)")
     parser.add_argument("--long-tail-groups", type=_ints, default=[4, 8])
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=1, help="generate calls per scenario (prompt groups)")
     parser.add_argument("--k-self-draft", type=int, default=3)
     parser.add_argument("--k-history", type=int, default=6)
     parser.add_argument("--k-hybrid", type=int, default=4)
@@ -316,8 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for shape in args.shapes:
         if shape not in SHAPES:
             parser.error(f"--shapes: {shape!r} is not valid; allowed: {', '.join(SHAPES)}")
-    if args.epochs < 1 or args.group < 1:
-        parser.error("--epochs and --group must be >= 1")
+    if args.epochs < 1 or args.group < 1 or args.calls < 1:
+        parser.error("--epochs, --group and --calls must be >= 1")
     return args
 
 

@@ -31,8 +31,9 @@ def test_every_drafter_runs_both_epochs_of_every_scenario_against_plain(acceptan
         assert r["tokens"] > 0 and r["tokens_per_step"] >= 1.0
         if r["name"].startswith("B"):  # fixed k (the long tail's schedule may turn a drafter off)
             assert (r["spec_steps"] == 0) == (r["drafter"] == "plain")
+        assert r["decode_tokens_per_s"] > 0 and r["prefill_s"] > 0 and r["calls"] == 1
         if r["drafter"] == "plain":
-            assert r["speedup"] == 1.0
+            assert r["speedup"] == r["speedup_wall"] == 1.0 and r["spec_step_s"] is None
         if r["name"] == "long_tail_g4" and r["drafter"] != "plain":  # the schedule of the fixed-batch ratios
             assert set(r["schedule"]) == {"1", "2"}
     hybrid = [r for r in doc["results"] if r["drafter"] == "hybrid"]
