@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -159,7 +159,7 @@ class DrafterLearner:
         with self._lock:
             rollouts = list(self._buffer)
             self._buffer.clear()
-        if self._sync is not None and self._sync.min(len(rollouts)) == 0:  # all ranks update, or none does
+        if self._sync is not None and self._ranks_without_rollouts(len(rollouts)):  # all ranks update, or none
             with self._lock:
                 self._buffer.extendleft(reversed(rollouts))
             return None
@@ -276,8 +276,10 @@ class DrafterLearner:
         losses, norms, tokens = [], [], 0
         for step in range(self.config.steps_per_update):
             rows = [order[(step * size + j) % len(order)] for j in range(size)]
-            batch = self._batch([rollouts[r] for r in rows], weights[rows])
-            loss, norm = self._optimizer_step(batch, step)
+            def make_batch(rows: list[int] = rows) -> KDBatch:
+                return self._batch([rollouts[r] for r in rows], weights[rows])
+
+            loss, norm, batch = self._optimizer_step(make_batch, step)
             losses.append(loss)
             norms.append(norm)
             tokens += int(batch.response_mask.sum())
@@ -287,19 +289,30 @@ class DrafterLearner:
             raise _Rejected(f"non-finite drafter weights after the update: {bad[:3]}")
         return losses, norms, tokens
 
-    def _optimizer_step(self, batch: KDBatch, step: int) -> tuple[float, float]:
+    def _optimizer_step(self, make_batch: Callable[[], KDBatch], step: int) -> tuple[float, float, KDBatch]:
+        """One optimizer step on the batch `make_batch` builds; returns the loss, the gradient norm and the batch."""
         model = self._train.model
         model.train()
         try:
-            with self._autocast():
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                loss = self._loss(logits, batch)  # the loss takes its log-softmax in float32
-            value = float(loss.detach())
-            if self._agreed(not math.isfinite(value) or value > self.config.max_loss):
-                raise _Rejected(f"loss {value:.4g} at optimizer step {step} (max_loss {self.config.max_loss:g}; "
-                                "on this rank or another)")
+            error, value = None, math.nan
+            try:  # an error here on one rank must reach the other ranks' next collective as a rejection
+                batch = make_batch()
+                with self._autocast():
+                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                    loss = self._loss(logits, batch)  # the loss takes its log-softmax in float32
+                value = float(loss.detach())
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
+                error = e
+            if self._agreed(error is not None or not math.isfinite(value) or value > self.config.max_loss):
+                raise error or _Rejected(f"loss {value:.4g} at optimizer step {step} "
+                                         f"(max_loss {self.config.max_loss:g}; on this rank or another)")
             self._optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                loss.backward()
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
+                error = e
+            if self._agreed(error is not None):
+                raise error or _Rejected(f"backward failed on another rank at optimizer step {step}")
             if self._sync is not None:
                 self._sync.average_gradients(self._trainable)
             norm = float(torch.nn.utils.clip_grad_norm_(self._trainable, self.config.grad_clip))
@@ -310,7 +323,16 @@ class DrafterLearner:
         finally:
             self._optimizer.zero_grad(set_to_none=True)
             model.eval()
-        return value, norm
+        return value, norm, batch
+
+    def _ranks_without_rollouts(self, count: int) -> bool:
+        """Whether some rank has nothing to train on (then no rank updates); a failed collective
+        counts as yes, so that it never reaches the RL loop."""
+        try:
+            return self._sync.min(count) == 0
+        except Exception as error:  # noqa: BLE001
+            logger.warning("drafter update skipped: the ranks could not agree on it: %s", error)
+            return True
 
     def _agreed(self, bad: bool) -> bool:
         """Whether some rank found its step bad (this rank's finding without a rank sync)."""
