@@ -23,6 +23,7 @@ each drafter's speed-up from those costs and the tokens per step that the accept
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -80,6 +81,7 @@ def run_one(engine: SpeculativeEngine, calls: list[tuple[list[list[int]], list[i
     plain = [s.step_time_s for s in steps if s.k == 0]
     spec = [s.step_time_s for s in steps if s.k]
     drafted = sum(s.k * s.batch_size for s in steps if s.k)
+    looked_up = sum(s.batch_size for s in steps if s.draft_time_s > 0)  # row-steps that asked the drafter
     return {
         "calls": len(calls),
         "tokens": int(tokens),
@@ -92,6 +94,8 @@ def run_one(engine: SpeculativeEngine, calls: list[tuple[list[list[int]], list[i
         "plain_steps": len(plain),
         "draft_time_s": draft,
         "draft_s_per_token": draft / drafted if drafted else 0.0,
+        "draft_s_per_row_step": draft / looked_up if looked_up else 0.0,
+        "mean_k": sum(s.k for s in steps if s.k) / len(spec) if spec else 0.0,
         "plain_step_s": statistics.median(plain) if plain else None,
         "spec_step_s": statistics.median(spec) if spec else None,
         "max_answer_tokens": max_len,
@@ -101,6 +105,7 @@ def run_one(engine: SpeculativeEngine, calls: list[tuple[list[list[int]], list[i
 def measure_acceptance(args, save=None) -> dict:
     from respec_verl.data.tasks import get_task
     from respec_verl.drafter import HistoryConfig, HistoryDrafter, HybridDrafter
+    from respec_verl.drafter.hybrid import RowChoices
     from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
     from respec_verl.models.smollm2 import encode_chat, load_smollm2
 
@@ -148,6 +153,8 @@ def measure_acceptance(args, save=None) -> dict:
             }[name]()
             engine = SpeculativeEngine(target, drafter, FixedK(ks[name]), pad_token_id=tokenizer.pad_token_id or 0)
             for epoch in range(1, args.epochs + 1):
+                if name == "hybrid":
+                    drafter.choices = RowChoices()  # per epoch
                 calls = [(prompts, [args.seed * 1_000_003 + epoch * 10_007 + call * 1009 + row
                                     for row in range(len(prompts))]) for call, prompts in enumerate(groups)]
                 schedule = None
@@ -204,7 +211,7 @@ def add_ratios(results: list[dict]) -> None:
 
 def history_lookup_cost(results: list[dict]) -> float:
     """Seconds of one history lookup for one row, the history drafter's whole drafting cost (median)."""
-    per_row = [r["draft_s_per_token"] * r["k"] for r in results if r["drafter"] == "history" and r["k"]]
+    per_row = [r["draft_s_per_row_step"] for r in results if r["drafter"] == "history" and r["draft_s_per_row_step"]]
     return statistics.median(per_row) if per_row else 0.0
 
 
@@ -245,29 +252,36 @@ def project(args) -> dict:
 
 
 def projected_speedups(rows: list[dict], profile, ctx: int, lookup_s: float) -> list[dict]:
-    """tokens per step x decode step / (verify step + drafting), per fixed-batch scenario of the last epoch.
+    """Tokens per engine step x decode step / time per engine step, per fixed-batch scenario of the
+    last epoch, with the measured mix of speculative and plain steps.
 
-    A scenario is costed at its starting batch size; the hybrid pays the model's drafting on the
-    steps where it ran and a lookup per row on all of them.
+    A scenario is costed at its starting batch size. A speculative step verifies the mean draft
+    length the run used (rounded up to a profiled k) and pays its drafting: the self-draft's k
+    passes, a lookup per row for history, both for the hybrid on the steps where its model ran; a
+    plain step costs a decode (and history's lookup that found nothing).
     """
     out = []
     for r in rows:
         if r["drafter"] == "plain" or not r["name"].startswith("B"):  # the long tail's batch is not one size
             continue
-        b, k = r["batch"], r["k"]
+        b, steps = r["batch"], r["spec_steps"] + r["plain_steps"]
+        spec_share = r["spec_steps"] / steps if steps else 0.0
+        k = min((k for k in profile.ks if k >= math.ceil(r["mean_k"])), default=r["k"])
         decode = profile.decode_time(b)
-        verify = profile.verify_s[(ctx, b, k)]
-        model_draft = profile.draft_s[(ctx, b, k)]
+        verify = profile.verify_s[(ctx, b, k)] if spec_share else decode
+        model_draft = profile.draft_s[(ctx, b, r["k"])]
+        lookup = lookup_s * b if r["drafter"] != "self_draft" else 0.0
         if r["drafter"] == "self_draft":
             draft = model_draft
         elif r["drafter"] == "history":
-            draft = lookup_s * b
+            draft = lookup
         else:
-            model_share = 1.0 - r["model_skipped_steps"] / max(1, r["spec_steps"])
-            draft = lookup_s * b + model_draft * model_share
-        out.append({"name": r["name"], "drafter": r["drafter"], "batch": b, "k": k,
-                    "tokens_per_step": r["tokens_per_step"],
-                    "projected_speedup": r["tokens_per_step"] * decode / (verify + draft)})
+            draft = lookup + model_draft * (1.0 - r["model_skipped_steps"] / max(1, r["spec_steps"]))
+        tokens = spec_share * r["tokens_per_step"] + (1.0 - spec_share)
+        time_per_step = spec_share * (verify + draft) + (1.0 - spec_share) * (decode + lookup)
+        out.append({"name": r["name"], "drafter": r["drafter"], "batch": b, "k": r["k"], "verified_k": k,
+                    "speculative_share": spec_share, "tokens_per_step": r["tokens_per_step"],
+                    "projected_speedup": tokens * decode / time_per_step})
     return out
 
 

@@ -29,8 +29,8 @@ def test_every_drafter_runs_both_epochs_of_every_scenario_against_plain(acceptan
     assert cells == {(n, d, e) for n in ("B1", "B2", "long_tail_g4") for d in drafters.DRAFTERS for e in (1, 2)}
     for r in doc["results"]:
         assert r["tokens"] > 0 and r["tokens_per_step"] >= 1.0
-        if r["name"].startswith("B"):  # fixed k (the long tail's schedule may turn a drafter off)
-            assert (r["spec_steps"] == 0) == (r["drafter"] == "plain")
+        if r["name"].startswith("B") and r["drafter"] != "history":  # history decodes plainly without a match,
+            assert (r["spec_steps"] == 0) == (r["drafter"] == "plain")  # and the long tail's schedule may say 0
         assert r["decode_tokens_per_s"] > 0 and r["prefill_s"] > 0 and r["calls"] == 1
         if r["drafter"] == "plain":
             assert r["speedup"] == r["speedup_wall"] == 1.0 and r["spec_step_s"] is None

@@ -62,8 +62,10 @@ def test_it_is_a_drafter_of_the_core_interface_and_routes_refreshes():
     assert hybrid.history.index.draft([1, 2], 1) == [3] and hybrid.version == 0
     hybrid.prepare_update(self_draft(target, 1).model.state_dict(), version=4)()
     assert hybrid.version == hybrid.model.version == 4
-    with pytest.raises(ValueError, match="strong_match = 0 .* allowed: an integer >= 1"):
+    with pytest.raises(ValueError, match=r"strong_match = 0 .* allowed: an integer in \[1, 8\]"):
         HybridDrafter(HistoryDrafter(), self_draft(target, 1), strong_match=0)
+    with pytest.raises(ValueError, match="strong_match = 9 .* max_match"):
+        HybridDrafter(HistoryDrafter(), self_draft(target, 1), strong_match=9)
 
 
 @pytest.mark.parametrize("k", [1, 3, 6])

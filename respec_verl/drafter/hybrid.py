@@ -44,8 +44,10 @@ class HybridDrafter:
     """`spec.drafting.DraftSource` of a history drafter and a learned one; `version` is the model's."""
 
     def __init__(self, history: HistoryDrafter, model: Drafter, strong_match: int = 4):
-        if strong_match < 1:
-            raise ValueError(f"hybrid strong_match = {strong_match} is not valid; allowed: an integer >= 1")
+        longest = history.index.config.max_match
+        if not 1 <= strong_match <= longest:
+            raise ValueError(f"hybrid strong_match = {strong_match} is not valid; allowed: an integer in "
+                             f"[1, {longest}] (the history's max_match: a longer match is never found)")
         self.history = history
         self.model = model
         self.strong_match = strong_match

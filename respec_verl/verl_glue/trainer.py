@@ -54,7 +54,10 @@ def prepare_rollout(config: Any, respec: RespecConfig) -> RolloutSettings:
         drafter_dir = respec.drafter.path or str(cut_self_draft(model_path, folder / "self_draft", respec.drafter))
     controller = respec.controller
     controller_settings = respec.to_dict()["controller"]
-    if history:  # vLLM's custom proposer hook drafts max_k tokens whatever the scheduler picks
+    if history and controller.policy == "adaptive":  # vLLM's custom proposer hook drafts max_k whatever k is picked
+        logger.warning("respec: drafter.method=history drafts controller.max_k=%d tokens at every step (vLLM's "
+                       "custom proposer hook is not told a per-step k): controller.policy adaptive runs as fixed",
+                       controller.max_k)
         controller_settings["policy"] = "fixed"
     max_num_seqs = int(config.actor_rollout_ref.rollout.max_num_seqs)
     speculative = controller.policy != "off" and controller.max_k > 0
