@@ -76,7 +76,7 @@ def test_without_the_sync_the_ranks_drafters_drift_apart(tmp_path):
     assert not _same(first["weights"], second["weights"])  # what the sync prevents
 
 
-@pytest.mark.parametrize("poison_rank,poison", [(0, "inf"), (1, "inf"), (1, "raise")])
+@pytest.mark.parametrize("poison_rank,poison", [(0, "inf"), (1, "raise")])  # a guard, an error
 def test_a_rejected_update_on_one_rank_is_rejected_on_every_rank(tmp_path, poison_rank, poison):
     first, second = _run(tmp_path, synced=True, poison_rank=poison_rank, poison=poison)
     assert first["version"] == second["version"] == 0

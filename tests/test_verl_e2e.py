@@ -87,6 +87,7 @@ def test_grpo_with_respec_runs_evolves_the_drafter_and_checkpoints_it(tmp_path):
     # tests/test_learner.py's state_dict round trip; a manual resume to step 3 published version 3.
 
 
+@pytest.mark.extended  # about 5 minutes: `python -m pytest -m extended tests/test_verl_e2e.py`
 def test_grpo_with_the_history_drafter_runs_in_vllm_without_a_drafter_model(tmp_path):
     """`drafter.method=history`: vLLM drafts through respec's custom proposer; nothing is trained or pushed.
 

@@ -287,6 +287,28 @@ def test_controller_state_is_restored_before_vllm_starts(tmp_path):
     assert resume_folder(config) == ckpt / "global_step_4"
 
 
+def test_a_history_run_cuts_no_drafter_and_runs_the_controller_fixed(tmp_path, caplog):
+    """The trainer's preparation for `drafter.method=history` (the whole run: `-m extended` in test_verl_e2e)."""
+    from omegaconf import OmegaConf
+
+    from respec_verl.verl_glue.config import RespecConfig
+    from respec_verl.verl_glue.trainer import prepare_rollout
+
+    config = OmegaConf.create({
+        "trainer": {"default_local_dir": str(tmp_path / "checkpoints"), "resume_mode": "disable"},
+        "actor_rollout_ref": {"model": {"path": str(tmp_path / "no_model")}, "rollout": {"max_num_seqs": 8}},
+    })
+    respec = RespecConfig.from_omegaconf({"enable": True, "drafter": {"method": "history", "history": {"max_match": 6}},
+                                          "controller": {"max_k": 5}})
+    settings = prepare_rollout(config, respec)  # the model path does not exist: nothing may read it
+    assert settings.speculative and settings.drafter_dir == "" and settings.profile_path is None
+    assert settings.controller["policy"] == "fixed" and "runs as fixed" in caplog.text
+    assert settings.speculative_config(8)["method"] == "custom_class"
+    assert settings.scheduler_settings()["history"]["max_match"] == 6
+    assert config.actor_rollout_ref.rollout.custom.respec.drafter_method == "history"
+    assert not (tmp_path / "checkpoints" / "respec" / "self_draft").exists()
+
+
 def test_only_the_kept_layers_failed_load_warning_is_dropped():
     pytest.importorskip("vllm")
     import logging
