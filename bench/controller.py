@@ -33,11 +33,11 @@ import torch
 from respec_verl.data.questions import make_long_tail_questions, make_questions
 from respec_verl.data.tasks import DEFAULT_TASK, TASKS, get_task
 from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
-from respec_verl.json_file import write_json_atomic
+from respec_verl.storage.json_file import write_json_atomic
 from respec_verl.models.smollm2 import MODEL_NAME, encode_chat, load_smollm2
-from respec_verl.spec import AdaptiveController, ControllerConfig, FixedK, SamplingParams, SpeculativeEngine
-from respec_verl.spec.engine_profile import profile_engine_steps
-from respec_verl.spec.profile import ProfileKey
+from respec_verl.speculation import AdaptiveController, ControllerConfig, FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation.engine_profile import profile_engine_steps
+from respec_verl.speculation.profile import ProfileKey
 
 
 class TracedController(AdaptiveController):

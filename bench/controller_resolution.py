@@ -23,7 +23,7 @@ import math
 import statistics
 from pathlib import Path
 
-from respec_verl.json_file import write_json_atomic
+from respec_verl.storage.json_file import write_json_atomic
 
 
 def held_out_ratios(runs: dict[str, dict], name: str = "controller") -> list[float]:

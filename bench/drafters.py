@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from respec_verl.json_file import write_json_atomic
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.storage.json_file import write_json_atomic
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 
 DRAFTERS = ("plain", "self_draft", "history", "hybrid")
 
@@ -222,7 +222,7 @@ def project(args) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from respec_verl.drafter.self_draft import self_draft
-    from respec_verl.spec.profile import profile_step_costs
+    from respec_verl.speculation.profile import profile_step_costs
 
     measured = json.loads(Path(args.project).read_text())
     rows = [r for r in measured["results"] if r["epoch"] == max(r["epoch"] for r in measured["results"])]

@@ -1,13 +1,13 @@
 """End to end: the demo's RL job (verl GRPO, vLLM rollouts) with speculation on and off, over seeds.
 
-For each seed, two runs of `respec-verl demo`'s job (`respec_verl.demo.DemoJob`) go one after the
+For each seed, two runs of `respec-verl demo`'s job (`respec_verl.demo.run.DemoJob`) go one after the
 other on the same machine, each in its own folder under --work: `actor_rollout_ref.respec.enable=true`
 and `false`, from the same seed (same prompts and data order). The order alternates between seeds
 (on, off; off, on; ...) so that a drift of the machine's speed does not favour one side. Reports, per
 seed and as mean ± sd over the seeds: the rollout-time and step-time ratios (means over the steps
 after the first, which pays the warm-up), and the rollout's share of the step with speculation off
 and on; and compares the reward curves over every (seed, step) pair (Mann-Whitney U and the paired
-Wilcoxon test; `respec_verl/run_comparison.py`). Writes JSON and a PNG plot, and prints the table.
+Wilcoxon test; `respec_verl/demo/comparison.py`). Writes JSON and a PNG plot, and prints the table.
 
     python bench/e2e.py --task long --seeds 0,1,2 --out bench/results/e2e_long.json
     respec-verl bench e2e --task add --seeds 0 --steps 8 --out bench/results/e2e.json
@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 
 from respec_verl.data.tasks import DEFAULT_TASK, TASKS
-from respec_verl.demo import DEFAULT_STEPS, DemoJob, run_job, write_outputs
-from respec_verl.json_file import write_json_atomic
-from respec_verl.run_report import read_jsonl
-from respec_verl.run_comparison import compare_seeds, format_seeds_table, plot_seeds
+from respec_verl.demo.run import DEFAULT_STEPS, DemoJob, run_job, write_outputs
+from respec_verl.storage.json_file import write_json_atomic
+from respec_verl.demo.report import read_jsonl
+from respec_verl.demo.comparison import compare_seeds, format_seeds_table, plot_seeds
 from respec_verl.verl_glue.launch import DTYPE_CHOICES
 
 

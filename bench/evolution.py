@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 
 from respec_verl.data.tasks import DEFAULT_TASK, TASKS, get_task
-from respec_verl.demo import TASK_SETTINGS, DemoJob, run_job
+from respec_verl.demo.run import TASK_SETTINGS, DemoJob, run_job
 from respec_verl.drafter import Drafter, DrafterLearner, LearnerConfig
 from respec_verl.drafter.drafter_dir import load_drafter_dir
 from respec_verl.drafter.recording import recorded_updates
-from respec_verl.json_file import write_json_atomic
-from respec_verl.run_report import RLStep, read_jsonl, save_figure, write_jsonl
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.storage.json_file import write_json_atomic
+from respec_verl.demo.report import RLStep, read_jsonl, save_figure, write_jsonl
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 
 POLICIES = ("frozen", "uniform", "reward", "oracle")
 RECORDS = "finished_run.jsonl"

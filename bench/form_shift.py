@@ -32,9 +32,9 @@ import torch
 
 from respec_verl.data.arithmetic import make_problems, score, sentence_reply
 from respec_verl.data.tasks import TASKS
-from respec_verl.demo import TASK_SETTINGS, DemoJob
-from respec_verl.json_file import write_json_atomic
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.demo.run import TASK_SETTINGS, DemoJob
+from respec_verl.storage.json_file import write_json_atomic
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 
 
 def reply_ids(tokenizer, prompt: Sequence[int], question: str, reply: str, stops: Sequence[int]) -> list[int]:

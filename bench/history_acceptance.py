@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 from respec_verl.drafter.history import HistoryConfig, SuffixIndex
-from respec_verl.json_file import write_json_atomic
+from respec_verl.storage.json_file import write_json_atomic
 
 HISTORIES = ("own", "siblings", "siblings_done", "epoch2", "epoch2_global")
 

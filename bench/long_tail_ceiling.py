@@ -35,9 +35,9 @@ import torch
 
 from respec_verl.data.questions import LONG, SUBJECTS, make_long_tail_questions, make_questions
 from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
-from respec_verl.json_file import write_json_atomic
+from respec_verl.storage.json_file import write_json_atomic
 from respec_verl.models.smollm2 import encode_chat, load_smollm2
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 
 _spec = importlib.util.spec_from_file_location("controller_bench", Path(__file__).resolve().parent / "controller.py")
 controller_bench = importlib.util.module_from_spec(_spec)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from respec_verl.json_file import write_json_atomic  # noqa: E402
+from respec_verl.storage.json_file import write_json_atomic  # noqa: E402
 
 MIN_RSS = 100 * 2**20
 

@@ -47,7 +47,7 @@ from respec_verl.drafter.distill import make_kd_batch
 from respec_verl.drafter.learner import DrafterLearner
 from respec_verl.drafter.learner_config import LearnerConfig
 from respec_verl.drafter.self_draft import pad_with_low_ids, self_draft
-from respec_verl.json_file import write_json_atomic
+from respec_verl.storage.json_file import write_json_atomic
 from respec_verl.models.smollm2 import encode_chat, load_smollm2
 
 MODES = (

@@ -21,9 +21,9 @@ import torch
 from respec_verl.data.questions import make_questions
 from respec_verl.drafter import Drafter
 from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
-from respec_verl.json_file import write_json_atomic
+from respec_verl.storage.json_file import write_json_atomic
 from respec_verl.models.smollm2 import encode_chat, load_smollm2
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from respec_verl.data.tasks import DEFAULT_TASK, TASKS, get_task
-from respec_verl.json_file import write_json_atomic
+from respec_verl.storage.json_file import write_json_atomic
 
 Answer = tuple[float, bool, int]  # (reward, solved, length in tokens)
 

@@ -45,8 +45,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from respec_verl.demo import DemoJob, run_job
-from respec_verl.json_file import write_json_atomic
+from respec_verl.demo.run import DemoJob, run_job
+from respec_verl.storage.json_file import write_json_atomic
 
 EVOLUTION = "actor_rollout_ref.respec.evolution"
 MODES = {
@@ -143,7 +143,7 @@ def plot_within_run(run: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from respec_verl.run_report import save_figure
+    from respec_verl.demo.report import save_figure
 
     within = run["within_run"]
     steps = {int(s): t for s, t in run["step_s"].items() if t is not None and int(s) >= 2}

@@ -88,7 +88,7 @@ def main():
     from vllm import LLM
 
     from respec_verl.data.questions import make_questions
-    from respec_verl.json_file import write_json_atomic
+    from respec_verl.storage.json_file import write_json_atomic
     from respec_verl.models.smollm2 import encode_chat, smollm2_path
 
     path = str(smollm2_path())

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from respec_verl.data.arithmetic import make_problems
     from respec_verl.drafter.self_draft import pad_with_low_ids
-    from respec_verl.json_file import write_json_atomic
+    from respec_verl.storage.json_file import write_json_atomic
     from respec_verl.models.smollm2 import encode_chat, smollm2_path
     from respec_verl.verl_glue.cpu import sampling
     from respec_verl.verl_glue.self_draft_dir import write_self_draft_dir

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from respec_verl.data.tasks import DEFAULT_TASK, TASKS
-from respec_verl.demo import DEFAULT_STEPS, TASK_SETTINGS, DemoJob
+from respec_verl.demo.run import DEFAULT_STEPS, TASK_SETTINGS, DemoJob
 from respec_verl.verl_glue.launch import DTYPE_CHOICES
 
 BENCHES = {
@@ -112,7 +112,7 @@ def run_profile(opts: argparse.Namespace) -> None:
 
     from respec_verl.drafter import self_draft
     from respec_verl.models.smollm2 import MODEL_NAME, cache_root, load_smollm2
-    from respec_verl.spec.profile import ProfileKey, profile_step_costs
+    from respec_verl.speculation.profile import ProfileKey, profile_step_costs
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[opts.dtype]
     target, _ = load_smollm2(dtype)
@@ -145,11 +145,11 @@ def demo_task(opts: argparse.Namespace) -> str:
 
 def run_demo_command(opts: argparse.Namespace) -> None:
     if opts.generation_only:
-        from respec_verl.generation_demo import run_generation_demo
+        from respec_verl.demo.generation import run_generation_demo
 
         run_generation_demo(out=opts.out, seed=opts.seed, distill_steps=opts.distill_steps, k=opts.k, num_prompts=opts.prompts)
         return
-    from respec_verl.demo import DemoJob, run_demo
+    from respec_verl.demo.run import DemoJob, run_demo
 
     try:
         job = DemoJob(model=opts.model, task=demo_task(opts), dtype=opts.dtype, steps=opts.steps, seed=opts.seed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from respec_verl.cli import BENCHES, build_parser, main
-from respec_verl.demo import DEFAULT_STEPS
+from respec_verl.demo.run import DEFAULT_STEPS
 
 
 def test_subcommands_parse_with_defaults():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from respec_verl.drafter import self_draft
-from respec_verl.spec import (
+from respec_verl.speculation import (
     AcceptanceEstimate,
     AdaptiveController,
     ControllerConfig,
@@ -26,11 +26,11 @@ from respec_verl.spec import (
     build_k_policy,
     profile_step_costs,
 )
-from respec_verl.spec.controller import MIN_PROBE_INTERVAL
-from respec_verl.spec import engine_profile as engine_profile_module
-from respec_verl.spec.calibration import DRIFT_GAIN
-from respec_verl.spec.engine_profile import engine_step_times, profile_engine_steps
-from respec_verl.spec.step_table import monotone_grid, non_decreasing
+from respec_verl.speculation.controller import MIN_PROBE_INTERVAL
+from respec_verl.speculation import engine_profile as engine_profile_module
+from respec_verl.speculation.calibration import DRIFT_GAIN
+from respec_verl.speculation.engine_profile import engine_step_times, profile_engine_steps
+from respec_verl.speculation.step_table import monotone_grid, non_decreasing
 from tests.conftest import tiny_llama
 
 CTX = 256
@@ -843,7 +843,7 @@ def test_rows_leaving_the_batch_are_not_charged_to_the_step(monkeypatch):
     calibrates on, must not include it (else the k in use when rows finish would look dear)."""
     import time as time_module
 
-    from respec_verl.spec import engine as engine_module
+    from respec_verl.speculation import engine as engine_module
 
     drop = engine_module._Run._drop_finished
 

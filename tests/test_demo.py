@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from respec_verl.demo import DemoJob, job_overrides
-from respec_verl.run_progress import progress_figures
-from respec_verl.run_comparison import compare_rewards, compare_runs, compare_seeds, format_seeds_table, plot_seeds
-from respec_verl.run_report import (
+from respec_verl.demo.run import DemoJob, job_overrides
+from respec_verl.demo.progress import progress_figures
+from respec_verl.demo.comparison import compare_rewards, compare_runs, compare_seeds, format_seeds_table, plot_seeds
+from respec_verl.demo.report import (
     RLStep,
     format_summary,
     non_finite_metrics,
@@ -228,7 +228,7 @@ def test_job_overrides_compose_on_the_recipe():
     pytest.importorskip("verl")
     from hydra import compose, initialize_config_dir
 
-    from respec_verl.demo import RECIPE
+    from respec_verl.demo.run import RECIPE
     from respec_verl.verl_glue import launch as launcher
 
     for job in (DemoJob(), DemoJob(model="tiny", spec=False)):
@@ -247,7 +247,7 @@ def test_progress_figures():
 
 
 def test_progress_follows_the_log_through_phases_and_steps(tmp_path):
-    from respec_verl.run_progress import LogProgress
+    from respec_verl.demo.progress import LogProgress
 
     log = tmp_path / "main_ppo.log"
     progress = LogProgress(log, steps=2, desc="GRPO")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from respec_verl.drafter import Drafter, frequent_tokens, self_draft
-from respec_verl.spec import SpeculativeEngine
+from respec_verl.speculation import SpeculativeEngine
 from tests.conftest import tiny_llama
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from respec_verl.drafter import Drafter, self_draft
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
-from respec_verl.spec.drafting import DrafterSwapError
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation.drafting import DrafterSwapError
 from tests.conftest import tiny_llama
 
 PROMPTS = [[1, 2, 3, 4], [7, 8], [9, 10, 11, 12, 13], [3]]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from respec_verl.drafter import Drafter, self_draft
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 from tests.conftest import tiny_llama
 
 RAGGED = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16], [3], [20, 21, 22]]

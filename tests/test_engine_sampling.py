@@ -16,9 +16,9 @@ import torch
 from scipy.stats import chisquare
 
 from respec_verl.drafter import Drafter, self_draft
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine, Verdict, rejection_sample
-from respec_verl.spec.sampling import probs_from_logits, sample_rows, uniform_rows
-from respec_verl.spec.verifier import leading_true
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine, Verdict, rejection_sample
+from respec_verl.speculation.sampling import probs_from_logits, sample_rows, uniform_rows
+from respec_verl.speculation.verifier import leading_true
 from tests.conftest import tiny_llama
 
 VOCAB, LENGTH, N, ALPHA = 6, 4, 20_000, 1e-4

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from respec_verl.drafter.history import HistoryConfig, HistoryDrafter, SuffixIndex
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
-from respec_verl.spec.drafting import DraftSource, DrafterSwapError, Proposer
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation.drafting import DraftSource, DrafterSwapError, Proposer
 from tests.conftest import tiny_llama
 from tests.test_engine_greedy import RAGGED
 from tests.test_engine_sampling import (

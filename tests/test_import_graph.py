@@ -1,4 +1,4 @@
-"""The package's import graph: no cycles, a core (`spec`) that depends on no drafter, and no upstream in the core.
+"""The package's import graph: no cycles, a core (`speculation`) that depends on no drafter, and no upstream in the core.
 
 Read from the source (every import, lazy ones inside functions included; `if TYPE_CHECKING:` blocks
 excluded, since they never run), so the test needs neither verl nor vLLM installed.
@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "respec_verl"
 UPSTREAM = ("verl", "vllm", "ray")
 # The backend-neutral core: the engine and its drafter interface, and the drafters that implement it
-CORE = ("respec_verl.spec", "respec_verl.drafter")
+CORE = ("respec_verl.speculation", "respec_verl.drafter")
 
 
 def module_files() -> dict[str, Path]:
@@ -111,7 +111,7 @@ def test_no_two_packages_import_each_other(depth):
 
 
 def test_the_engine_knows_drafters_only_through_its_interface():
-    spec = {name: deps for name, deps in import_graph().items() if name.startswith("respec_verl.spec")}
+    spec = {name: deps for name, deps in import_graph().items() if name.startswith("respec_verl.speculation")}
     assert {d for deps in spec.values() for d in deps if d.startswith("respec_verl.drafter")} == set()
 
 

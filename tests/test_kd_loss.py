@@ -10,7 +10,7 @@ import torch
 from respec_verl.drafter import self_draft
 from respec_verl.drafter.distill import distill
 from respec_verl.drafter.kd_loss import reward_weighted_kd_loss, sequence_weights, teacher_targets
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 from tests.conftest import tiny_llama
 
 

@@ -13,7 +13,7 @@ from respec_verl.drafter import DrafterLearner, LearnerConfig, self_draft
 from respec_verl.drafter.distill import attach_teacher, make_kd_batch
 from respec_verl.drafter.kd_loss import reward_weighted_kd_loss
 from respec_verl.drafter.recording import recorded_updates
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 from tests.conftest import tiny_llama
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from respec_verl.spec import SamplingParams
-from respec_verl.spec.sampling import probs_from_logits, processed_logits, token_logprobs
+from respec_verl.speculation import SamplingParams
+from respec_verl.speculation.sampling import probs_from_logits, processed_logits, token_logprobs
 
 
 def test_temperature_scales_logits():

@@ -7,7 +7,7 @@ import torch
 
 from respec_verl.drafter import frequent_tokens, self_draft
 from respec_verl.models.smollm2 import encode_chat
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from respec_verl.drafter.learner import LearnerConfig
-from respec_verl.spec.controller import ControllerConfig
+from respec_verl.speculation.controller import ControllerConfig
 from respec_verl.verl_glue.config import DrafterConfig, RespecConfig
 
 

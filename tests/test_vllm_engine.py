@@ -180,7 +180,7 @@ def test_reduced_vocab_drafter_is_lossless_in_vllm_and_hot_swaps(models, tmp_pat
 
 def _synthetic_profile(path):
     """SD cheap at batch 1, verification compute-bound from batch 3 on."""
-    from respec_verl.spec.profile import ProfileKey, StepCostProfile
+    from respec_verl.speculation.profile import ProfileKey, StepCostProfile
 
     decode, draft, verify = {}, {}, {}
     for b in (1, 2, 3, 8):
@@ -321,7 +321,7 @@ def test_vllm_step_profile_times_each_k_in_a_child_process(models, tmp_path):
     The drafter here is the whole tiny actor (2 of 2 layers), so drafting k tokens costs k more forward
     passes of the model: if the profiler's k were not applied, speculative and plain steps would match.
     """
-    from respec_verl.spec.profile import StepCostProfile
+    from respec_verl.speculation.profile import StepCostProfile
     from respec_verl.verl_glue.vllm_profile import measure_in_child
 
     actor, exact, _ = models

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from respec_verl.spec.profile import ProfileKey, StepCostProfile
+from respec_verl.speculation.profile import ProfileKey, StepCostProfile
 from respec_verl.verl_glue.self_draft_dir import layer_index, write_self_draft_dir
 from respec_verl.vllm_glue.settings import RolloutSettings
 from tests.conftest import tiny_llama

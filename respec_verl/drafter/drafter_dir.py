@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from respec_verl.atomic_dir import staged_folder
+from respec_verl.storage.atomic_dir import staged_folder
 from respec_verl.drafter.drafter import Drafter
 
 REDUCED_ARCHITECTURE = "RespecDraftLlamaForCausalLM"

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from respec_verl.spec.drafting import DrafterSwapError
-from respec_verl.spec.sampling import SamplingParams
+from respec_verl.speculation.drafting import DrafterSwapError
+from respec_verl.speculation.sampling import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from respec_verl.spec.drafting import DrafterSwapError
+from respec_verl.speculation.drafting import DrafterSwapError
 
 if TYPE_CHECKING:
     from respec_verl.drafter.drafter import Drafter

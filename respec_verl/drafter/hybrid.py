@@ -23,7 +23,7 @@ import torch
 from respec_verl.drafter.drafter import Drafter
 from respec_verl.drafter.history import HistoryDrafter, HistoryProposer, one_hot
 from respec_verl.drafter.model_proposer import DraftProposer
-from respec_verl.spec.sampling import SamplingParams
+from respec_verl.speculation.sampling import SamplingParams
 
 
 @dataclass

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from respec_verl.spec.kv_state import KVState
-from respec_verl.spec.sampling import SamplingParams, probs_from_logits, sample_rows
+from respec_verl.speculation.kv_state import KVState
+from respec_verl.speculation.sampling import SamplingParams, probs_from_logits, sample_rows
 
 if TYPE_CHECKING:
     from respec_verl.drafter.drafter import Drafter

@@ -35,7 +35,7 @@ def write_warm_self_draft(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
-    from respec_verl.spec.sampling import SamplingParams
+    from respec_verl.speculation.sampling import SamplingParams
 
     actor_dir = Path(actor_dir)
     torch.manual_seed(seed)

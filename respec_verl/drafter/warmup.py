@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from respec_verl.drafter.distill import distill
 from respec_verl.drafter.drafter import Drafter
 from respec_verl.drafter.self_draft import frequent_tokens, pad_with_low_ids, self_draft
-from respec_verl.spec.engine import SpeculativeEngine
-from respec_verl.spec.sampling import SamplingParams
+from respec_verl.speculation.engine import SpeculativeEngine
+from respec_verl.speculation.sampling import SamplingParams
 
 
 def actor_answers(

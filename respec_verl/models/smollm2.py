@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from respec_verl.atomic_dir import staged_folder
+from respec_verl.storage.atomic_dir import staged_folder
 
 if TYPE_CHECKING:
     import torch

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from respec_verl.atomic_dir import staged_folder
+from respec_verl.storage.atomic_dir import staged_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 VOCAB_SIZE = 49152  # SmolLM2's tokenizer

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from respec_verl.drafter.history import HistoryConfig
 from respec_verl.drafter.learner import LearnerConfig
-from respec_verl.spec.controller import ControllerConfig
+from respec_verl.speculation.controller import ControllerConfig
 
 CONFIG_KEY = "actor_rollout_ref.respec"
 DRAFTER_METHODS = ("model", "history")  # what the vLLM rollout serves (see DrafterConfig)

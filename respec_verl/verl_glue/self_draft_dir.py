@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from respec_verl.atomic_dir import staged_folder
+from respec_verl.storage.atomic_dir import staged_folder
 from respec_verl.drafter.drafter_dir import DRAFT_TO_TARGET, REDUCED_ARCHITECTURE, copy_tokenizer_files
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")

@@ -171,8 +171,8 @@ def profile_for_run(
     from transformers import AutoModelForCausalLM
 
     from respec_verl.drafter.drafter_dir import load_drafter_dir
-    from respec_verl.json_file import write_json_atomic
-    from respec_verl.spec.profile import profile_step_costs
+    from respec_verl.storage.json_file import write_json_atomic
+    from respec_verl.speculation.profile import profile_step_costs
 
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(rollout.dtype))
     dtype = dtype or torch.float32

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
-    from respec_verl.json_file import write_json_atomic
+    from respec_verl.storage.json_file import write_json_atomic
     from respec_verl.verl_glue import cpu
     from respec_verl.vllm_glue.step_profile import profile_vllm_step_costs
 

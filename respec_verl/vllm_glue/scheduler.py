@@ -30,11 +30,11 @@ from typing import Any
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from respec_verl.json_file import write_json_atomic
-from respec_verl.spec.controller import AdaptiveController, ControllerConfig
-from respec_verl.spec.policy import FixedK, KPolicy
-from respec_verl.spec.profile import StepCostProfile
-from respec_verl.spec.stats import StepRecord
+from respec_verl.storage.json_file import write_json_atomic
+from respec_verl.speculation.controller import AdaptiveController, ControllerConfig
+from respec_verl.speculation.policy import FixedK, KPolicy
+from respec_verl.speculation.profile import StepCostProfile
+from respec_verl.speculation.stats import StepRecord
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The controller's step-cost profile measured in vLLM itself, the engine whose steps it chooses k for.
 
-A profile of respec's core engine (`respec_verl.spec.profile`) times bare forward passes of
+A profile of respec's core engine (`respec_verl.speculation.profile`) times bare forward passes of
 Hugging Face models; vLLM's steps cost something else: its drafting runs the draft model once per
 drafted position with its own per-forward overheads, and its sampler and rejection sampler work
 over the whole vocabulary. On a 2-core CPU a speculative step at k = 2 cost 1.3-2.5x a plain one
@@ -24,9 +24,9 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
-from respec_verl.spec.policy import FixedK
-from respec_verl.spec.profile import ProfileKey, StepCostProfile, check_grid
-from respec_verl.spec.stats import StepRecord
+from respec_verl.speculation.policy import FixedK
+from respec_verl.speculation.profile import ProfileKey, StepCostProfile, check_grid
+from respec_verl.speculation.stats import StepRecord
 from respec_verl.vllm_glue.settings import RolloutSettings
 
 IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"

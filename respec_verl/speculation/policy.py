@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from respec_verl.spec.stats import StepRecord
+from respec_verl.speculation.stats import StepRecord
 
 
 class KPolicy(Protocol):

@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from respec_verl.spec.sampling import SamplingParams
+from respec_verl.speculation.sampling import SamplingParams
 
 
 class DrafterSwapError(ValueError):

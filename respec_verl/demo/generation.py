@@ -16,7 +16,7 @@ import torch
 from respec_verl.data.questions import make_questions
 from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
 from respec_verl.models.smollm2 import encode_chat, load_smollm2
-from respec_verl.spec import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 
 
 def run_generation_demo(out: str = "respec_demo", seed: int = 0, distill_steps: int = 80, k: int = 3, num_prompts: int = 8) -> dict:

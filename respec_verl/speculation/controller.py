@@ -13,13 +13,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from respec_verl.spec.acceptance import AcceptanceEstimate
-from respec_verl.spec.calibration import StepTimeCalibration
-from respec_verl.spec.policy import FixedK, KPolicy
-from respec_verl.spec.profile import StepCostProfile
-from respec_verl.spec.step_table import MonotoneStepTable
-from respec_verl.spec.stats import StepRecord
-from respec_verl.spec.straggler import StragglerAcceptance
+from respec_verl.speculation.acceptance import AcceptanceEstimate
+from respec_verl.speculation.calibration import StepTimeCalibration
+from respec_verl.speculation.policy import FixedK, KPolicy
+from respec_verl.speculation.profile import StepCostProfile
+from respec_verl.speculation.step_table import MonotoneStepTable
+from respec_verl.speculation.stats import StepRecord
+from respec_verl.speculation.straggler import StragglerAcceptance
 
 CONFIG_KEY = "actor_rollout_ref.respec.controller"
 POLICIES = ("adaptive", "fixed", "off")

@@ -10,7 +10,7 @@ batch size and k (Dykstra's alternating projections over the rows and columns of
 
 from __future__ import annotations
 
-from respec_verl.spec.profile import StepCostProfile, interpolate
+from respec_verl.speculation.profile import StepCostProfile, interpolate
 
 ITERATIONS = 100  # the grid is small (batch sizes x ks); this is far past convergence
 
