@@ -11,7 +11,6 @@ from respec_verl.drafter import self_draft
 from respec_verl.drafter.drafter_dir import (
     DRAFT_TO_TARGET,
     REDUCED_ARCHITECTURE,
-    checkpoint_tensors,
     load_drafter_dir,
     save_drafter_dir,
 )
@@ -58,15 +57,15 @@ def test_full_vocab_drafter_round_trips_as_a_plain_hf_folder(tmp_path):
     torch.testing.assert_close(logits(back), logits(drafter), rtol=0, atol=0)
 
 
-def test_checkpoint_tensors_name_a_tied_output_layer_too():
+def test_serving_tensors_name_a_tied_output_layer_too():
     # an engine that packs its own copy of the output layer (vLLM-CPU) must be sent lm_head.weight,
     # which named_parameters() leaves out when it is tied to the embedding
     drafter = self_draft(tied_llama(seed=3), 2)
-    names = dict(checkpoint_tensors(drafter))
+    names = dict(drafter.serving_tensors())
     assert "lm_head.weight" not in dict(drafter.model.named_parameters())
     assert torch.equal(names["lm_head.weight"], names["model.embed_tokens.weight"])
     assert DRAFT_TO_TARGET not in names
-    reduced = dict(checkpoint_tensors(self_draft(tied_llama(seed=3), 2, draft_vocab=[0, 3, 5])))
+    reduced = dict(self_draft(tied_llama(seed=3), 2, draft_vocab=[0, 3, 5]).serving_tensors())
     assert reduced[DRAFT_TO_TARGET].tolist() == [0, 3, 5] and reduced["lm_head.weight"].shape[0] == 3
 
 

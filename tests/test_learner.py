@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from respec_verl.drafter.distill import attach_teacher, make_kd_batch
 from respec_verl.drafter.kd_loss import reward_weighted_kd_loss
 from respec_verl.drafter.recording import recorded_updates
 from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation.drafting import TrainableDrafter
 from tests.conftest import tiny_llama
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16)
@@ -442,3 +444,74 @@ def test_an_update_runs_on_the_cpu_threads_asked_for_and_leaves_the_callers(asyn
         learner.wait()
         assert learner.threads_seen == expected and learner.metrics["respec/drafter/update_ok"] == 1.0
         assert torch.get_num_threads() == caller
+
+
+class BigramHead(torch.nn.Module):
+    """Not a Hugging Face model: no `.logits`, no input-embedding accessor."""
+
+    def __init__(self, vocab_size: int, dim: int = 16):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, dim)
+        self.out = torch.nn.Linear(dim, vocab_size)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.embed(ids))
+
+
+@dataclass
+class BigramDrafter:
+    """A second `TrainableDrafter`: the learner must train it without knowing it is not a causal LM."""
+
+    model: BigramHead
+    draft_to_target: torch.Tensor | None = None
+    version: int = 0
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.out.parameters())
+
+    def draft_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    def replica(self, model: torch.nn.Module, version: int) -> BigramDrafter:
+        return BigramDrafter(model, self.draft_to_target, version)
+
+    def serving_tensors(self):
+        yield from self.model.state_dict().items()
+
+    def describe(self) -> str:
+        return "bigram"
+
+    def check_compatible(self, target_vocab_size: int) -> None:
+        pass
+
+    def new_proposer(self, target_vocab_size: int):
+        raise NotImplementedError
+
+    def prepare_update(self, new, version=None):
+        raise NotImplementedError
+
+
+def test_the_learner_trains_any_drafter_of_the_interface():
+    target = tiny_llama(seed=43)
+    prompts, responses, rewards = rollouts(target, 32)
+    drafter = BigramDrafter(BigramHead(97))
+    assert isinstance(drafter, TrainableDrafter)
+    config = LearnerConfig(steps_per_update=30, batch_size=16, lr=1e-2, top_k=0, async_update=False)
+    learner = DrafterLearner(drafter, config, target=target)
+    batch = make_kd_batch(prompts, responses)
+    attach_teacher(batch, target, drafter, 1.0, 0)
+
+    def kd_loss(d: BigramDrafter) -> float:
+        with torch.no_grad():
+            logits = d.draft_logits(batch.input_ids, batch.attention_mask)
+        return float(reward_weighted_kd_loss(logits, batch.teacher, batch.response_mask))
+
+    learner.add_rollouts(prompts, responses, rewards)
+    metrics = learner.update(step=1)
+    published = learner.latest()
+    assert metrics["respec/drafter/update_ok"] == 1.0
+    assert type(published) is BigramDrafter and published.version == 1
+    assert kd_loss(published) < 0.9 * kd_loss(drafter)
+    assert torch.equal(published.model.embed.weight, drafter.model.embed.weight)  # not a trainable parameter
+    assert learner.frozen_names == {"embed.weight"}
+    assert set(dict(published.serving_tensors())) == {"embed.weight", "out.weight", "out.bias"}

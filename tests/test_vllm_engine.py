@@ -95,9 +95,9 @@ def push_drafter(llm, draft_dir, version, kept=()):
     """Stream a drafter folder's tensors the way the trainer worker does (but those `kept`), and swap them in."""
     from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightSender
 
-    from respec_verl.drafter.drafter_dir import checkpoint_tensors, load_drafter_dir
+    from respec_verl.drafter.drafter_dir import load_drafter_dir
 
-    weights = [(n, t) for n, t in checkpoint_tensors(load_drafter_dir(draft_dir)) if n not in kept]
+    weights = [(n, t) for n, t in load_drafter_dir(draft_dir).serving_tensors() if n not in kept]
     handle = "ipc:///tmp/rl-colocate-zmq-0-replica-0-rank-0.sock"  # the extension's default handle
 
     def send():

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from respec_verl.drafter.drafter import Drafter
 from respec_verl.drafter.kd_loss import TeacherTargets, reward_weighted_kd_loss, teacher_targets
+from respec_verl.speculation.drafting import TrainableDrafter
 
 
 @dataclass
@@ -43,34 +43,30 @@ def make_kd_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence
 
 
 @torch.no_grad()
-def attach_teacher(batch: KDBatch, target: torch.nn.Module, drafter: Drafter, temperature: float, top_k: int) -> None:
+def attach_teacher(
+    batch: KDBatch, target: torch.nn.Module, drafter: TrainableDrafter, temperature: float, top_k: int
+) -> None:
     """Compute the target's soft labels once, in the drafter's vocabulary (on the target's device)."""
     device = next(target.parameters()).device
     logits = target(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
     batch.teacher = teacher_targets(logits, temperature, drafter.draft_to_target, top_k)
 
 
-def trainable_parameters(drafter: Drafter) -> list[torch.nn.Parameter]:
-    """Everything but the input embedding (a frozen copy of the target's, as in EAGLE and SpecForge)."""
-    frozen = {id(p) for p in drafter.model.get_input_embeddings().parameters()}
-    return [p for p in drafter.model.parameters() if id(p) not in frozen]
-
-
-def kd_step(drafter: Drafter, batch: KDBatch, optimizer: torch.optim.Optimizer, temperature: float) -> float:
+def kd_step(drafter: TrainableDrafter, batch: KDBatch, optimizer: torch.optim.Optimizer, temperature: float) -> float:
     """One optimizer step of the (reward-weighted) KD loss on one batch; returns the loss."""
     drafter.model.train()
-    logits = drafter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits = drafter.draft_logits(batch.input_ids, batch.attention_mask)
     loss = reward_weighted_kd_loss(logits, batch.teacher, batch.response_mask, batch.weights, temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(trainable_parameters(drafter), 1.0)
+    torch.nn.utils.clip_grad_norm_(drafter.trainable_parameters(), 1.0)
     optimizer.step()
     drafter.model.eval()
     return float(loss.detach())
 
 
 def distill(
-    drafter: Drafter,
+    drafter: TrainableDrafter,
     target: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
@@ -96,9 +92,9 @@ def distill(
         batch = make_kd_batch([prompts[r] for r in rows], [responses[r] for r in rows])
         attach_teacher(batch, target, drafter, temperature, top_k)
         batches.append(batch)
-    optimizer = torch.optim.AdamW(trainable_parameters(drafter), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(drafter.trainable_parameters(), lr=lr, weight_decay=0.0)
     losses = []
-    with frozen_embedding(drafter), tqdm(range(steps), desc="distilling drafter", disable=not progress) as bar:
+    with frozen_untrained(drafter), tqdm(range(steps), desc="distilling drafter", disable=not progress) as bar:
         for step in bar:
             losses.append(kd_step(drafter, batches[step % len(batches)], optimizer, temperature))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -107,11 +103,12 @@ def distill(
 
 
 @contextmanager
-def frozen_embedding(drafter: Drafter) -> Iterator[None]:
-    """No gradient for the input embedding while training: autograd would build a dense [V, d] one
-    every step that no optimizer reads (a fifth of a self-draft's update time). The flag is restored
-    after, since a self-draft may share its embedding tensor with the actor."""
-    params = list(drafter.model.get_input_embeddings().parameters())
+def frozen_untrained(drafter: TrainableDrafter) -> Iterator[None]:
+    """No gradient for the parameters an update does not change (a self-draft's input embedding)
+    while training: autograd would build a dense [V, d] one every step that no optimizer reads. The
+    flags are restored after, since a self-draft may share its embedding tensor with the actor."""
+    trained = {id(p) for p in drafter.trainable_parameters()}
+    params = [p for p in drafter.model.parameters() if id(p) not in trained]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)

@@ -10,7 +10,7 @@ model class `respec_verl.vllm_glue.draft_model.RespecDraftLlamaForCausalLM`:
 - `model.safetensors`: `lm_head.weight` of shape [draft_vocab_size, hidden] and `draft_to_target`,
   the target token id of each draft output (int64, absolute ids).
 
-`checkpoint_tensors` lists the tensors under the names a loader expects, tied ones included: a
+`Drafter.serving_tensors` lists the tensors under the names a loader expects, tied ones included: a
 model with tied embeddings has one `named_parameters()` entry for both the embedding and the
 output layer, and an engine that keeps its own packed copy of the output layer (vLLM-CPU) would
 keep stale weights there if `lm_head.weight` were left out.
@@ -21,16 +21,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from respec_verl.storage.atomic_dir import staged_folder
-from respec_verl.drafter.drafter import Drafter
+from respec_verl.drafter.drafter import DRAFT_TO_TARGET, Drafter
 
 REDUCED_ARCHITECTURE = "RespecDraftLlamaForCausalLM"
-DRAFT_TO_TARGET = "draft_to_target"
 TOKENIZER_FILES = (
     "generation_config.json",
     "tokenizer.json",
@@ -41,14 +40,6 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "chat_template.jinja",
 )
-
-
-def checkpoint_tensors(drafter: Drafter) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) in checkpoint format: persistent state, tied weights under each name, the vocabulary map."""
-    for name, tensor in drafter.model.state_dict().items():
-        yield name, tensor.detach()
-    if drafter.draft_to_target is not None:
-        yield DRAFT_TO_TARGET, drafter.draft_to_target.detach().to(torch.long)
 
 
 def drafter_config(drafter: Drafter) -> dict:
@@ -69,7 +60,7 @@ def save_drafter_dir(
 
     out_dir = Path(out_dir)
     with staged_folder(out_dir) as staging:
-        tensors = {name: t.contiguous().cpu() for name, t in checkpoint_tensors(drafter)}
+        tensors = {name: t.contiguous().cpu() for name, t in drafter.serving_tensors()}
         if drafter.model.config.tie_word_embeddings and drafter.draft_to_target is None:
             tensors.pop("lm_head.weight", None)  # as Hugging Face saves tied models: the loader re-ties it
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})

@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 
-from respec_verl.drafter.distill import KDBatch, attach_teacher, make_kd_batch, trainable_parameters
-from respec_verl.drafter.drafter import Drafter
+from respec_verl.drafter.distill import KDBatch, attach_teacher, make_kd_batch
 from respec_verl.drafter.kd_loss import TeacherTargets, reward_weighted_kd_loss, sequence_weights, teacher_targets
 from respec_verl.drafter.learner_config import CONFIG_KEY, LearnerConfig, resolve_overlap  # noqa: F401 (re-exported)
 from respec_verl.drafter.precision import resolve_compute_dtype
 from respec_verl.drafter.rank_sync import RankSync
 from respec_verl.drafter.recording import LabelledRollout, record_update
+from respec_verl.speculation.drafting import TrainableDrafter
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class _Rejected(Exception):
 class DrafterLearner:
     """Trains a copy of `drafter` online on the actor's rollouts and publishes versioned drafters.
 
+    Any `TrainableDrafter` (the self-draft, an EAGLE-3 head) can be trained: the learner sees only
+    its module, the parameters an update changes, its logits and `replica`, which wraps a trained
+    copy as a new drafter of the same kind.
+
     Give `target` (the actor) to have the learner compute the actor's labels itself when rollouts
     are added; otherwise pass the actor's logits to `add_rollouts`. Labels are taken when rollouts
     are added, not at update time, because the actor is updated in place while an async drafter
@@ -52,7 +56,7 @@ class DrafterLearner:
 
     def __init__(
         self,
-        drafter: Drafter,
+        drafter: TrainableDrafter,
         config: LearnerConfig | None = None,
         target: torch.nn.Module | None = None,
         rank_sync: RankSync | None = None,
@@ -63,10 +67,10 @@ class DrafterLearner:
         self._dtype = next(drafter.model.parameters()).dtype
         model = copy.deepcopy(drafter.model).float()
         model.eval()
-        self._train = Drafter(model, drafter.draft_to_target, drafter.version)
-        self._trainable = trainable_parameters(self._train)
+        self._train = drafter.replica(model, drafter.version)
+        self._trainable = self._train.trainable_parameters()
         trained = {id(p) for p in self._trainable}
-        for param in model.parameters():  # no gradient for the frozen embedding: a dense [V, d] one per step
+        for param in model.parameters():  # no gradient for frozen tensors (a self-draft's dense [V, d] embedding)
             param.requires_grad_(id(param) in trained)
         self._optimizer = torch.optim.AdamW(self._trainable, lr=self.config.lr, weight_decay=0.0)
         self._rng = random.Random(self.config.seed)
@@ -191,7 +195,7 @@ class DrafterLearner:
         """True while an async update is running (the published drafter is then one version behind)."""
         return self._thread is not None and self._thread.is_alive()
 
-    def latest(self) -> Drafter:
+    def latest(self) -> TrainableDrafter:
         """The newest drafter whose update finished; the learner never mutates it."""
         with self._lock:
             return self._published
@@ -298,7 +302,7 @@ class DrafterLearner:
             try:  # an error here on one rank must reach the other ranks' next collective as a rejection
                 batch = make_batch()
                 with self._autocast():
-                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                    logits = self._train.draft_logits(batch.input_ids, batch.attention_mask)
                     loss = self._loss(logits, batch)  # the loss takes its log-softmax in float32
                 value = float(loss.detach())
             except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
@@ -374,7 +378,7 @@ class DrafterLearner:
 
     # ---- state --------------------------------------------------------------------------------
 
-    def _publish(self, version: int | None = None) -> Drafter:
+    def _publish(self, version: int | None = None) -> TrainableDrafter:
         """An inference copy of the training drafter in the original dtype, frozen.
 
         The copy shares the tensors no update changes (the frozen embedding, most of a self-draft's
@@ -386,7 +390,7 @@ class DrafterLearner:
             shared = {id(p): p for p in self._train.model.parameters() if not p.requires_grad}
         model = copy.deepcopy(self._train.model, memo=shared).to(self._dtype).eval()
         model.requires_grad_(False)
-        return Drafter(model, self._train.draft_to_target, self._train.version if version is None else version)
+        return self._train.replica(model, self._train.version if version is None else version)
 
     def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         weights = {name: t.detach().clone() for name, t in self._train.model.state_dict().items()}

@@ -15,13 +15,17 @@ imports an implementation:
   vocabulary (`propose`; q is None when greedy), and compacts it when rows finish
   (`select_rows`). `probe` drafts and forgets, which is how a profile times a proposal.
 
-How a drafter is trained (distillation, a history index updated from rollouts) is its own
-business: whatever trains it hands the engine new state through `prepare_update`.
+How a drafter is refreshed is its own business: whatever trains it hands the engine new state
+through `prepare_update` (new weights, or rollouts for a history index). A drafter that is
+distilled from the actor also implements `TrainableDrafter`, the third protocol: what the learner
+trains (its module, the parameters an update changes, its logits on a batch), how a trained copy
+becomes a new drafter of the same kind, and the named tensors a rollout engine loads (what the vLLM
+glue streams after an update). The self-draft is one implementation; an EAGLE-3 head is another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -77,3 +81,23 @@ class DraftSource(Protocol):
         The commit installs it and sets `version`; it must not fail, since it runs while no
         generate call is in flight and a half-applied refresh would change the drafts mid-run.
         """
+
+
+@runtime_checkable
+class TrainableDrafter(DraftSource, Protocol):
+    """A drafter that the learner distils from the actor's soft labels."""
+
+    model: torch.nn.Module  # what the learner trains, checkpoints and copies
+    draft_to_target: torch.Tensor | None  # draft output j -> target id (the labels' vocabulary); None: the target's
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters an update changes; the rest stays frozen (and is pushed to an engine once)."""
+
+    def draft_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V_draft] at every position of right-padded sequences [B, T] (the KD loss's input)."""
+
+    def replica(self, model: torch.nn.Module, version: int) -> TrainableDrafter:
+        """A drafter of the same kind around `model` (a trained or frozen copy of `self.model`)."""
+
+    def serving_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) as a rollout engine loads them: the checkpoint's names, tied ones included."""

