@@ -26,6 +26,20 @@ def test_the_longest_match_continues_by_majority():
     assert index.draft([3], 3) == []  # shorter than min_match
 
 
+def test_a_draft_goes_only_as_far_as_the_history_agrees():
+    sequences = ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 7, 8], [1, 2, 9, 9, 9])
+    drafts = {}
+    for agreement in (0.0, 0.5, 0.7):
+        index = SuffixIndex(HistoryConfig(min_match=2, max_match=2, min_agreement=agreement))
+        for seq in sequences:
+            index.add(seq)
+        drafts[agreement] = index.draft([1, 2], 3)
+    # after [1, 2]: 3 by 3 of 4 votes, then 4 by 2 of the 3 left, then 5 by 2 of 2
+    assert drafts == {0.0: [3, 4, 5], 0.5: [3, 4, 5], 0.7: [3]}
+    with pytest.raises(ValueError, match="min_agreement = 1.5 .* allowed: 0 <= min_agreement <= 1"):
+        HistoryConfig(min_agreement=1.5)
+
+
 def test_a_growing_sequence_is_searched_as_it_grows():
     index = SuffixIndex(HistoryConfig(min_match=2, max_match=3))
     seq = index.add([5, 6])

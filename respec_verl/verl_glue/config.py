@@ -30,6 +30,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _fail(key: str, value: object, allowed: str) -> NoReturn:
     raise ValueError(f"{key} = {value!r} is not valid; allowed: {allowed}")
 
@@ -91,7 +95,10 @@ class DrafterConfig:
             _fail(key, self.history, "a mapping with keys " + ", ".join(_field_names(HistoryConfig)))
         _check_keys(key, self.history, HistoryConfig)
         for name, value in self.history.items():
-            if not _is_int(value) or value < 1:
+            if name == "min_agreement":
+                if not _is_number(value) or not 0 <= value <= 1:
+                    _fail(f"{key}.{name}", value, "a number in [0, 1]")
+            elif not _is_int(value) or value < 1:
                 _fail(f"{key}.{name}", value, "an integer >= 1")
         try:
             return HistoryConfig(**self.history)
