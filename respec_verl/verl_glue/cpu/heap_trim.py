@@ -6,8 +6,8 @@ live in the C heap (glibc malloc), and glibc keeps most of what torch frees: ten
 freed chunk below the top of an arena is not returned by free(). Each process of a run then holds the
 high-water mark of every phase it went through (the trainer's old-log-prob pass, its update,
 the weight sync; vLLM's weight reload), which adds up across the ~15 processes of a verl run.
-On the demo job (2 cores, SmolLM2-135M) the FSDP worker held 4.1 GiB between updates, 2.9 with
-this trim, and the run peaked at 11.8 GiB, 10.2 with it (docs/notebook/verl-e2e-and-demo.md, section 5 "Memory").
+Trimming returns those pages between phases, which lowers both each worker's resident memory
+between updates and the run's peak (docs/notebook/verl-e2e-and-demo.md, section 5 "Memory").
 
 `MALLOC_MMAP_THRESHOLD_` fixes the retention at its source (the same peak in the demo), but every
 large tensor then gets fresh pages to fault in. Instead, changing nothing in how memory is handed
