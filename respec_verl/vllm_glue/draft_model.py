@@ -25,6 +25,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.utils import maybe_prefix
 
+from respec_verl.upstream.vllm_compat import init_llama_model
 from respec_verl.vllm_glue import draft_sampling
 
 
@@ -36,7 +37,7 @@ class RespecDraftLlamaForCausalLM(LlamaForCausalLM):
         config = vllm_config.model_config.hf_config
         self.config = config
         self.draft_vocab_size = int(config.draft_vocab_size)
-        self.model = self._init_model(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
+        self.model = init_llama_model(self, vllm_config, maybe_prefix(prefix, "model"))
         self.lm_head = ParallelLMHead(
             self.draft_vocab_size,
             config.hidden_size,

@@ -21,7 +21,13 @@ from __future__ import annotations
 
 import torch
 
-_SAMPLING_EPS = 1e-5  # vLLM's: a temperature below it means greedy
+from respec_verl.upstream.vllm_compat import (
+    SAMPLING_EPS,
+    probabilistic_draft_probs,
+    sample_draft_tokens_method,
+    set_sample_draft_tokens_method,
+)
+
 _PATCH_MARK = "_respec_reduced_draft_sampling"
 _enabled = True  # set_enabled(False): vLLM's own path, for the benchmark's side-by-side
 
@@ -42,7 +48,7 @@ def sample_reduced_draft(
     (argmax of q, as vLLM does) unless `all_random` says there are none.
     """
     temperature = temperature.to(torch.float32)
-    is_greedy = None if all_random else temperature < _SAMPLING_EPS
+    is_greedy = None if all_random else temperature < SAMPLING_EPS
     if is_greedy is not None:
         temperature = torch.where(is_greedy, torch.ones_like(temperature), temperature)
     probs = (draft_logits.to(torch.float32) / temperature.view(-1, 1)).softmax(dim=-1)
@@ -57,9 +63,9 @@ def sample_reduced_draft(
 
 
 def _patched(original, model_class: type):
-    def _sample_draft_tokens(self, hidden_states: torch.Tensor, sampling_metadata):
+    def sample_draft_tokens(self, hidden_states: torch.Tensor, sampling_metadata):
         model = getattr(self, "model", None)
-        if (not _enabled or not isinstance(model, model_class) or not self._enable_probabilistic_draft_probs
+        if (not _enabled or not isinstance(model, model_class) or not probabilistic_draft_probs(self)
                 or sampling_metadata.all_greedy or self.use_heterogeneous_vocab):
             return original(self, hidden_states, sampling_metadata)
         draft_logits = model.compute_draft_logits(hidden_states)
@@ -69,8 +75,8 @@ def _patched(original, model_class: type):
         return sample_reduced_draft(draft_logits, model.draft_to_target, model.config.vocab_size, temperature,
                                     all_random=sampling_metadata.all_random, use_fp64_noise=self.use_fp64_gumbel)
 
-    setattr(_sample_draft_tokens, _PATCH_MARK, original)
-    return _sample_draft_tokens
+    setattr(sample_draft_tokens, _PATCH_MARK, original)
+    return sample_draft_tokens
 
 
 def install(model_class: type) -> None:
@@ -79,11 +85,9 @@ def install(model_class: type) -> None:
     Called by `RespecDraftLlamaForCausalLM` (with itself) as vLLM builds it. The class needs
     `compute_draft_logits(hidden_states)` and `draft_to_target`.
     """
-    from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
-
-    current = SpecDecodeBaseProposer._sample_draft_tokens
+    current = sample_draft_tokens_method()
     if not hasattr(current, _PATCH_MARK):
-        SpecDecodeBaseProposer._sample_draft_tokens = _patched(current, model_class)
+        set_sample_draft_tokens_method(_patched(current, model_class))
 
 
 def set_enabled(enabled: bool) -> None:

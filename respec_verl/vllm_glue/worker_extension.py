@@ -23,10 +23,11 @@ from contextlib import contextmanager
 import torch
 from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
 
+from respec_verl.upstream.verl_compat import colocate_zmq_handle
+from respec_verl.upstream.vllm_compat import FAILED_LOAD_MESSAGE, LAYERWISE_LOGGER
 from respec_verl.vllm_glue.layerwise_reload import layerwise_reload
 
 logger = logging.getLogger(__name__)
-LAYERWISE_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 def shared_parameter_names(draft: torch.nn.Module, target: torch.nn.Module) -> set[str]:
@@ -48,7 +49,7 @@ def _quiet_kept_layers(draft: torch.nn.Module, kept: list[str]) -> Iterator[None
 
     def keep(record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
-        return not (record.msg == "%s: Failed to load weights" and args and args[0] in owners)
+        return not (record.msg == FAILED_LOAD_MESSAGE and args and args[0] in owners)
 
     reload_logger = logging.getLogger(LAYERWISE_LOGGER)
     reload_logger.addFilter(keep)
@@ -85,7 +86,7 @@ class RespecWorkerExtension(vLLMColocateWorkerExtension):
             # copy out of the receiver's bucket, which the next bucket overwrites
             received.extend((name, tensor.to(self.device, copy=True)) for name, tensor in weights)
 
-        BucketedWeightReceiver(zmq_handle=self._get_zmq_handle(), device=self.device, use_shm=use_shm).receive_weights(
+        BucketedWeightReceiver(zmq_handle=colocate_zmq_handle(self), device=self.device, use_shm=use_shm).receive_weights(
             on_bucket_received=on_bucket
         )
         shared = shared_parameter_names(draft, self.model_runner.model)

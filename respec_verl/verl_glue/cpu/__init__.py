@@ -86,9 +86,9 @@ def enable() -> None:
 
 def _warn_if_platform_already_chosen() -> None:
     """verl picks its platform once per process; say so if that happened before we were enabled."""
-    from verl.plugin.platform import platform_manager
+    from respec_verl.upstream.verl_compat import chosen_platform
 
-    chosen = platform_manager._current_platform  # verl keeps the singleton there; no public getter that doesn't create it
+    chosen = chosen_platform()
     if chosen is not None and chosen.device_name != "cpu":
         logger.warning(
             "verl's platform was already initialised as %r before respec_verl's CPU support was enabled; "

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
+from respec_verl.upstream.verl_compat import FSDP_ENGINES, OFFLOAD_POLICY, engines_registered
+
+ENGINE_MODULE = FSDP_ENGINES.module
 DEVICE = "cpu"
 BACKENDS = ["fsdp", "fsdp2"]
 # model_type in EngineRegistry -> class name in ENGINE_MODULE
@@ -35,7 +37,7 @@ def register_cpu_engines(module: ModuleType) -> None:
 
     for model_type, class_name in ENGINES.items():
         engine_cls = getattr(module, class_name)
-        by_backend = EngineRegistry._engines.get(model_type, {})  # verl has no public "is registered"
+        by_backend = engines_registered(model_type)
         missing = [backend for backend in BACKENDS if DEVICE not in by_backend.get(backend, {})]
         if missing:
             EngineRegistry.register(model_type=model_type, backend=missing, device=DEVICE)(engine_cls)
@@ -54,9 +56,9 @@ def unpinned_offload_policy(policy_cls: type) -> type:
 
 def unpin_offload_policy(module: ModuleType) -> None:
     """Replace the engine module's `CPUOffloadPolicy` by `unpinned_offload_policy` of it (idempotent)."""
-    policy_cls = getattr(module, "CPUOffloadPolicy", None)
+    policy_cls = getattr(module, OFFLOAD_POLICY.attr, None)
     if policy_cls is not None and not getattr(policy_cls, "_respec_cpu_unpinned", False):
-        module.CPUOffloadPolicy = unpinned_offload_policy(policy_cls)
+        setattr(module, OFFLOAD_POLICY.attr, unpinned_offload_policy(policy_cls))
 
 
 def patch_engine_module(module: ModuleType) -> None:

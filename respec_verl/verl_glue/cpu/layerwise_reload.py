@@ -31,36 +31,31 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from types import ModuleType
 
+from respec_verl.upstream.verl_compat import COLOCATE_EXTENSION, IS_QUANTIZED_MODEL, is_qat_extension, models_with_config
+from respec_verl.upstream.vllm_compat import POSTPROCESS_AFTER_LOADING, swapped_module_global
 from respec_verl.vllm_glue.layerwise_reload import layerwise_reload
 
 logger = logging.getLogger(__name__)
 
-EXTENSION_MODULE = "verl.workers.rollout.vllm_rollout.utils"
-EXTENSION_CLASS = "vLLMColocateWorkerExtension"
-POSTPROCESS_MODULE = "vllm.model_executor.model_loader.utils"  # where verl imports it from, at call time
+EXTENSION_MODULE = COLOCATE_EXTENSION.module
+EXTENSION_CLASS = COLOCATE_EXTENSION.attr
+POSTPROCESS_MODULE = POSTPROCESS_AFTER_LOADING.module  # where verl imports it from, at call time
 
 
 @contextmanager
 def skipped_process_weights_after_loading() -> Iterator[None]:
     """`vllm...model_loader.utils.process_weights_after_loading` is a no-op inside (module attribute)."""
-    import importlib
-
-    module = importlib.import_module(POSTPROCESS_MODULE)
-    original = module.process_weights_after_loading
 
     def already_processed(model, model_config, target_device):
         logger.debug("process_weights_after_loading skipped: the layerwise reload has processed the layers")
 
-    module.process_weights_after_loading = already_processed
-    try:
+    with swapped_module_global(POSTPROCESS_AFTER_LOADING, already_processed):
         yield
-    finally:
-        module.process_weights_after_loading = original
 
 
 def is_plain_weight_sync(extension, peft_config, base_sync_done, is_quantized_model) -> bool:
     """verl's default branch of `update_weights_from_ipc`: not QAT, ModelOpt, a LoRA adapter or FP8."""
-    if getattr(extension, "_is_qat_model", False) or getattr(extension, "_is_modelopt_qat", False):
+    if is_qat_extension(extension):
         return False
     if peft_config and base_sync_done:
         return False
@@ -79,7 +74,7 @@ def with_layerwise_reload(update_weights_from_ipc, is_quantized_model):
             return call()
         vllm_config = self.model_runner.vllm_config
         with ExitStack() as stack:
-            for model, model_config in list(self._iter_all_models_with_config()):
+            for model, model_config in models_with_config(self):
                 stack.enter_context(layerwise_reload(model, model_config, vllm_config))
             stack.enter_context(skipped_process_weights_after_loading())
             return call()
@@ -92,7 +87,7 @@ def patch_extension(module: ModuleType) -> None:
     extension = getattr(module, EXTENSION_CLASS)
     current = extension.update_weights_from_ipc
     if not getattr(current, "_respec_cpu_layerwise", False):
-        extension.update_weights_from_ipc = with_layerwise_reload(current, module.is_quantized_model)
+        extension.update_weights_from_ipc = with_layerwise_reload(current, getattr(module, IS_QUANTIZED_MODEL.attr))
 
 
 def install() -> None:

@@ -33,6 +33,8 @@ from typing import Any, Optional
 import torch
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 
+from respec_verl.upstream.ray_compat import NOSET_CUDA_VISIBLE_DEVICES_ENV
+
 logger = logging.getLogger(__name__)
 
 PLATFORM_NAME = "cpu"
@@ -216,7 +218,7 @@ class PlatformCPU(PlatformBase):
         return "GPU"  # matches the fake Ray GPUs that verl's GPU-shaped resource pools ask for
 
     def ray_noset_envvars(self) -> list[str]:
-        return ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"]
+        return [NOSET_CUDA_VISIBLE_DEVICES_ENV]
 
     def is_ipc_supported(self) -> bool:
         return False

@@ -22,7 +22,9 @@ from types import ModuleType
 
 import torch
 
-SAMPLER_MODULE = "vllm.v1.sample.rejection_sampler"
+from respec_verl.upstream.vllm_compat import EXPAND_BATCH_TO_TOKENS
+
+SAMPLER_MODULE = EXPAND_BATCH_TO_TOKENS.module
 
 
 def expand_batch_to_tokens(
@@ -50,10 +52,10 @@ _replaced: dict[str, object] = {}  # module name -> vLLM's own function, kept fo
 
 
 def patch_sampler(module: ModuleType) -> None:
-    current = module.expand_batch_to_tokens
+    current = getattr(module, EXPAND_BATCH_TO_TOKENS.attr)
     if not getattr(current, "_respec_cpu_expand", False):
         _replaced[module.__name__] = current
-        module.expand_batch_to_tokens = expand_batch_to_tokens
+        setattr(module, EXPAND_BATCH_TO_TOKENS.attr, expand_batch_to_tokens)
 
 
 def original_expand_batch_to_tokens():

@@ -21,7 +21,9 @@ from types import ModuleType
 
 import torch
 
-RECEIVER_MODULE = "verl.workers.rollout.vllm_rollout.bucketed_weight_transfer"
+from respec_verl.upstream.verl_compat import WEIGHT_RECEIVER
+
+RECEIVER_MODULE = WEIGHT_RECEIVER.module
 
 
 def copies_on_host(receiver) -> bool:
@@ -48,7 +50,7 @@ def copying_receive(receive_weights):
 
 
 def patch_receiver(module: ModuleType) -> None:
-    receiver = module.BucketedWeightReceiver
+    receiver = getattr(module, WEIGHT_RECEIVER.attr)
     if not getattr(receiver.receive_weights, "_respec_cpu_copy", False):
         receiver.receive_weights = copying_receive(receiver.receive_weights)
 

@@ -21,8 +21,10 @@ import functools
 import tempfile
 from types import ModuleType
 
-SENDER_MODULE = "verl.workers.rollout.vllm_rollout.vllm_rollout"
-RECEIVER_MODULE = "verl.workers.rollout.vllm_rollout.utils"
+from respec_verl.upstream.verl_compat import COLOCATE_EXTENSION, SERVER_ADAPTER, set_zmq_handle_method, zmq_handle_method
+
+SENDER_MODULE = SERVER_ADAPTER.module
+RECEIVER_MODULE = COLOCATE_EXTENSION.module
 SHARED_PREFIX = "ipc:///tmp/"
 
 
@@ -35,7 +37,7 @@ def private_handle(handle: str) -> str:
 
 
 def patch_sender(module: ModuleType) -> None:
-    adapter = module.ServerAdapter
+    adapter = getattr(module, SERVER_ADAPTER.attr)
     init = adapter.__init__
     if getattr(init, "_respec_private_socket", False):
         return
@@ -51,8 +53,8 @@ def patch_sender(module: ModuleType) -> None:
 
 
 def patch_receiver(module: ModuleType) -> None:
-    extension = module.vLLMColocateWorkerExtension
-    get_handle = extension._get_zmq_handle
+    extension = getattr(module, COLOCATE_EXTENSION.attr)
+    get_handle = zmq_handle_method(extension)
     if getattr(get_handle, "_respec_private_socket", False):
         return
 
@@ -61,7 +63,7 @@ def patch_receiver(module: ModuleType) -> None:
         return private_handle(get_handle(self))
 
     _get_zmq_handle._respec_private_socket = True
-    extension._get_zmq_handle = _get_zmq_handle
+    set_zmq_handle_method(extension, _get_zmq_handle)
 
 
 def install() -> None:
