@@ -1,14 +1,11 @@
 """The controller's step-cost profile measured in vLLM itself, the engine whose steps it chooses k for.
 
-A profile of respec's core engine (`respec_verl.speculation.profile`) times bare forward passes of
-Hugging Face models; vLLM's steps cost something else: its drafting runs the draft model once per
+vLLM's steps cost what respec's core engine's do not: its drafting runs the draft model once per
 drafted position with its own per-forward overheads, and its sampler and rejection sampler work
-over the whole vocabulary. On a 2-core CPU a speculative step at k = 2 cost 1.3-2.5x a plain one
-in vLLM (`bench/vllm_cpu_steps.py`), which such a profile underrated, so the controller
-speculated where it lost. This profiler starts one in-process vLLM engine with the drafter and
-respec's scheduler, and for each batch size B and k (0 = plain) generates with B requests at a
-fixed k, reading the wall time of every engine step from the scheduler, as the controller does
-online: the median of the decode steps with all B rows in the batch is the table's entry
+over the whole vocabulary (`bench/vllm_cpu_steps.py`). So this profiler starts one in-process
+vLLM engine with the drafter and respec's scheduler, and for each batch size B and k (0 = plain)
+generates with B requests at a fixed k, reading the wall time of every engine step from the
+scheduler: the median of the decode steps with all B rows in the batch is the table's entry
 (`decode_s` for k = 0, whole speculative steps `engine_s` for k > 0).
 
 It needs `VLLM_ENABLE_V1_MULTIPROCESSING=0` (the scheduler in this process) and imports vLLM;
