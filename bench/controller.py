@@ -1,17 +1,19 @@
-"""Adaptive controller vs every static k vs plain decoding, measured side by side in one run.
+"""Adaptive controller vs its static per-batch-size schedule vs every static k vs plain decoding, side by side.
 
 SmolLM2-135M-Instruct target, a 2-layer reduced-vocabulary self-draft distilled on the target's
 answers to the workload's kinds of prompts (templated questions, and long texts like the long-tail
 rollout's stragglers). The step costs are profiled first through the engine loop (`profile_engine_steps`, whole
 engine steps per batch size and k); then, for each batch size, the same prompts run under plain
-decoding, each static k and the controller, `--repeats` times in a rotating order (more at the
+decoding, each static k, the static schedule (`AdaptiveController.schedule()` taken once after
+the warm-up and frozen: what vLLM's `num_speculative_tokens_per_batch_size` would run) and the
+controller, `--repeats` times in a rotating order (more at the
 batch sizes whose runs are short, with `--min-seconds`), and each configuration's median tokens/s
 is compared (a single run at a batch size is noisy by several percent, and the best of several
 noisy static runs is biased upward); beside it, the median of the ratios within each round, which
 cancels the machine's drift between rounds (`paired`). One controller serves every
-run, as in a training job, so it carries its acceptance and cost estimates from one batch to the
-next. Finally one long-tail rollout (64 requests, a few of which run to a long cap while the rest
-stop early, as in an RL rollout) runs under the controller, the best static k and plain decoding:
+run, as in a training job, so it carries its acceptance estimate from one batch to the next. Finally one long-tail rollout (64 requests, a few of which run to a long cap while the rest
+stop early, as in an RL rollout) runs under the controller, the static schedule, the best static k
+and plain decoding:
 with `--task long` (the default) the long-answer task's questions at its cap (numbered lists of
 5-15 items; the answers that lose count run on to the cap), with `--task add` sums with a few long
 stories among them. The drafter is also distilled on the task's answers to other questions.
@@ -38,6 +40,19 @@ from respec_verl.models.smollm2 import MODEL_NAME, encode_chat, load_smollm2
 from respec_verl.speculation import AdaptiveController, ControllerConfig, FixedK, SamplingParams, SpeculativeEngine
 from respec_verl.speculation.engine_profile import profile_engine_steps
 from respec_verl.speculation.profile import ProfileKey
+
+
+class ScheduledK:
+    """A frozen per-batch-size table of inclusive (lo, hi, k) ranges: the controller's static baseline."""
+
+    def __init__(self, schedule: list[tuple[int, int, int]]):
+        self.schedule = schedule
+
+    def choose_k(self, batch_size: int) -> int:
+        return next((k for lo, hi, k in self.schedule if lo <= batch_size <= hi), self.schedule[-1][2])
+
+    def observe(self, record) -> None:
+        pass
 
 
 class TracedController(AdaptiveController):
@@ -200,12 +215,15 @@ def main() -> None:
                                    key=ProfileKey.of(target, drafter, model_name=MODEL_NAME))
     controller = TracedController(profile, ControllerConfig(max_k=max(ks), candidates=tuple([0] + ks)))
     timed(SpeculativeEngine(target, drafter, controller), prompts[:4], params)  # warm-up, and a first acceptance estimate
+    static_schedule = controller.schedule(max(sizes))
+    print(f"static schedule after the warm-up: {static_schedule}", flush=True)
 
     by_batch = []
-    header = " ".join(f"{name:>8}" for name in ["plain"] + [f"k={k}" for k in ks] + ["ctrl"])
-    print(f"{'B':>3} tokens/s: {header} | ctrl/best-static ctrl/plain | the same paired by round")
+    header = " ".join(f"{name:>8}" for name in ["plain"] + [f"k={k}" for k in ks] + ["sched", "ctrl"])
+    print(f"{'B':>3} tokens/s: {header} | ctrl/best-static ctrl/plain | paired by round: the same, ctrl/sched")
     engines = {"plain": SpeculativeEngine(target)}
     engines.update({f"k={k}": SpeculativeEngine(target, drafter, FixedK(k)) for k in ks})
+    engines["schedule"] = SpeculativeEngine(target, drafter, ScheduledK(static_schedule))
     engines["controller"] = SpeculativeEngine(target, drafter, controller)
     for batch in sizes:
         runs = repeated(engines, prompts[:batch], params, args.repeats, args.min_seconds)
@@ -214,19 +232,22 @@ def main() -> None:
                "rounds": len(runs["plain"]["tokens_per_s_runs"]),
                "controller_over_best_static": runs["controller"]["tokens_per_s"] / runs[best_name]["tokens_per_s"],
                "controller_over_plain": runs["controller"]["tokens_per_s"] / runs["plain"]["tokens_per_s"],
+               "controller_over_schedule": runs["controller"]["tokens_per_s"] / runs["schedule"]["tokens_per_s"],
                "paired": {"controller_over_best_static": paired_ratio(runs, "controller", best_name),
-                          "controller_over_plain": paired_ratio(runs, "controller", "plain")}}
+                          "controller_over_plain": paired_ratio(runs, "controller", "plain"),
+                          "controller_over_schedule": paired_ratio(runs, "controller", "schedule")}}
         by_batch.append(row)
         cells = " ".join(f"{runs[n]['tokens_per_s']:8.1f}" for n in runs)
         paired = row["paired"]
         print(f"{batch:3d} tokens/s: {cells} | {row['controller_over_best_static']:15.2f} "
               f"{row['controller_over_plain']:10.2f} | paired {paired['controller_over_best_static']:.2f} "
-              f"{paired['controller_over_plain']:.2f} ({row['rounds']} rounds)", flush=True)
+              f"{paired['controller_over_plain']:.2f} {paired['controller_over_schedule']:.2f} ({row['rounds']} rounds)",
+              flush=True)
 
     tail_prompts = [encode_chat(tokenizer, q) for q in long_tail_questions(args.task, 64, args.seed + 2, args.long_fraction)]
     tail_params = SamplingParams(temperature=0.0, max_new_tokens=tail_cap, stop_token_ids=(eos,))
     best_k = max(ks, key=lambda k: sum(r["runs"][f"k={k}"]["tokens_per_s"] / r["runs"]["plain"]["tokens_per_s"] for r in by_batch))
-    tail_engines = {name: engines[name] for name in ("plain", f"k={best_k}", "controller")}
+    tail_engines = {name: engines[name] for name in ("plain", f"k={best_k}", "schedule", "controller")}
     tail = repeated(tail_engines, tail_prompts, tail_params, args.tail_repeats)
     plain_tps = tail["plain"]["tokens_per_s"]
     share = tail_share(tail["plain"])
@@ -235,9 +256,11 @@ def main() -> None:
         print(f"long tail {name:>10}: {r['tokens_per_s']:6.1f} tokens/s, {r['tokens_per_s'] / plain_tps:.2f}x plain, "
               f"{r['wall_s']:.0f}s")
     print(f"long tail, paired by round: controller {paired_ratio(tail, 'controller', 'plain'):.2f}x plain, "
-          f"{paired_ratio(tail, 'controller', f'k={best_k}'):.2f}x k={best_k}")
+          f"{paired_ratio(tail, 'controller', f'k={best_k}'):.2f}x k={best_k}, "
+          f"{paired_ratio(tail, 'controller', 'schedule'):.2f}x the static schedule")
 
     result = {"args": vars(args), "profile": profile.to_dict(), "schedule": controller.schedule(max(sizes)),
+              "static_schedule": static_schedule,
               "by_batch_size": by_batch,
               "long_tail": {"best_static_k": best_k, "runs": tail, "plain_time_share_at_batch_le_8": share,
                             "controller_over_plain": tail["controller"]["tokens_per_s"] / plain_tps,
@@ -245,7 +268,8 @@ def main() -> None:
                                 tail["controller"]["tokens_per_s"] / tail[f"k={best_k}"]["tokens_per_s"],
                             "paired": {
                                 "controller_over_plain": paired_ratio(tail, "controller", "plain"),
-                                "controller_over_best_static": paired_ratio(tail, "controller", f"k={best_k}")}},
+                                "controller_over_best_static": paired_ratio(tail, "controller", f"k={best_k}"),
+                                "controller_over_schedule": paired_ratio(tail, "controller", "schedule")}},
               "controller_state": controller.state_dict()}
     out = Path(args.out)
     write_json_atomic(out, result)

@@ -222,7 +222,7 @@ def project(args) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from respec_verl.drafter.self_draft import self_draft
-    from respec_verl.speculation.profile import profile_step_costs
+    from respec_verl.speculation.forward_profile import profile_step_costs
 
     measured = json.loads(Path(args.project).read_text())
     rows = [r for r in measured["results"] if r["epoch"] == max(r["epoch"] for r in measured["results"])]

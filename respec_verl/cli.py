@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     profile = sub.add_parser(
         "profile",
-        help="measure decode, draft and verify step times on this machine for the adaptive controller",
-        description="Times SmolLM2-135M (the target) and a self-draft over a grid of batch sizes and k and saves "
-        "the table as JSON keyed by model, dtype and device, for AdaptiveController to reuse.",
+        help="measure engine step times on this machine for the adaptive controller",
+        description="Times whole steps of respec's core engine with SmolLM2-135M (the target) and a self-draft over "
+        "a grid of batch sizes and k, and saves the table as JSON keyed by model, dtype and device, for "
+        "AdaptiveController to reuse.",
     )
     profile.add_argument("--out", default=None, help="JSON file (default: the respec_verl cache folder)")
     profile.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
@@ -95,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--draft-layers", type=int, default=2)
     profile.add_argument("--draft-vocab", type=int, default=2048)
     profile.add_argument("--context-len", type=int, default=128)
-    profile.add_argument("--repeats", type=int, default=3)
+    profile.add_argument("--repeats", type=int, default=3, help="timed steps (bare forwards: runs) per cell")
+    profile.add_argument("--bare-forward", action="store_true",
+                         help="time bare decode, draft and verify forward passes instead: an offline estimate that "
+                         "misses sampling and KV rollback, not what the controller should decide on")
     return parser
 
 
@@ -112,22 +116,20 @@ def run_profile(opts: argparse.Namespace) -> None:
 
     from respec_verl.drafter import self_draft
     from respec_verl.models.smollm2 import MODEL_NAME, cache_root, load_smollm2
-    from respec_verl.speculation.profile import ProfileKey, profile_step_costs
+    from respec_verl.speculation.engine_profile import profile_engine_steps
+    from respec_verl.speculation.forward_profile import profile_step_costs
+    from respec_verl.speculation.profile import ProfileKey
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[opts.dtype]
     target, _ = load_smollm2(dtype)
     vocab = torch.arange(opts.draft_vocab)  # cost depends on the head's size, not on which ids it holds
     drafter = self_draft(target, opts.draft_layers, draft_vocab=vocab)
     key = ProfileKey.of(target, drafter, model_name=MODEL_NAME)
-    table = profile_step_costs(
-        target,
-        drafter,
-        [int(b) for b in opts.batch_sizes.split(",")],
-        [int(k) for k in opts.ks.split(",")],
-        context_len=opts.context_len,
-        repeats=opts.repeats,
-        key=key,
-    )
+    batch_sizes, ks = [int(b) for b in opts.batch_sizes.split(",")], [int(k) for k in opts.ks.split(",")]
+    if opts.bare_forward:
+        table = profile_step_costs(target, drafter, batch_sizes, ks, opts.context_len, opts.repeats, key=key)
+    else:
+        table = profile_engine_steps(target, drafter, batch_sizes, ks, opts.context_len, opts.repeats, key=key)
     out = Path(opts.out) if opts.out else cache_root() / "step_costs.json"
     table.save(out)
     print(f"saved step costs for {key} to {out}")

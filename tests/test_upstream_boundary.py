@@ -23,11 +23,8 @@ UPSTREAM = ("verl", "vllm", "ray", "transfer_queue")
 ENGINE_CHAINS = (("llm_engine", "engine_core"),)
 # CPython's, not an upstream's: `import_hooks` reads `module.__spec__._initializing` as importlib does
 PYTHON_PRIVATE = {"_initializing"}
-# (file relative to the package, what it uses) still to be routed through the boundary
-PENDING: set[tuple[str, str]] = {
-    # the controller stack is being rewritten beside this change; its owner routes these
-    ("vllm_glue/step_profile.py", "llm_engine.engine_core"),
-}
+# (file relative to the package, what it uses) still to be routed through the boundary: none
+PENDING: set[tuple[str, str]] = set()
 
 
 def _private(name: str) -> bool:

@@ -90,9 +90,12 @@ def test_every_bad_value_names_its_key_value_and_allowed_values(block, key, valu
 @pytest.mark.parametrize(
     "block,key,allowed",
     [
-        ({"enabel": True}, "actor_rollout_ref.respec.enabel", "enable, profile, profile_engine, drafter, controller"),
+        ({"enabel": True}, "actor_rollout_ref.respec.enabel", "enable, profile, drafter, controller"),
+        ({"profile_engine": "core"}, "actor_rollout_ref.respec.profile_engine", "enable, profile, drafter, controller"),
         ({"drafter": {"layers": 2}}, "actor_rollout_ref.respec.drafter.layers", "path, self_draft_layers"),
         ({"controller": {"k": 2}}, "actor_rollout_ref.respec.controller.k", "policy, max_k"),
+        ({"controller": {"calibration_decay": 0.8}}, "actor_rollout_ref.respec.controller.calibration_decay",
+         "policy, max_k, candidates, min_gain, ema_decay, prior_acceptance, prior_strength, probe_interval"),
         ({"evolution": {"every": 2}}, "actor_rollout_ref.respec.evolution.every", "interval, steps_per_update"),
     ],
 )
@@ -144,13 +147,6 @@ def test_reduced_draft_vocabulary_cuts_a_reduced_self_draft_for_vllm(tmp_path):
     drafter = load_drafter_dir(settings.drafter_dir)
     assert drafter.draft_vocab_size == 16 and drafter.model.config.num_hidden_layers == 1
     assert config.actor_rollout_ref.rollout.custom.respec.drafter_dir == settings.drafter_dir
-
-
-def test_profile_engine_is_vllm_by_default_and_validated():
-    assert RespecConfig().profile_engine == "vllm"
-    assert RespecConfig.from_omegaconf({"profile_engine": "core"}).profile_engine == "core"
-    with pytest.raises(ValueError, match=r"actor_rollout_ref\.respec\.profile_engine.*vllm, core"):
-        RespecConfig.from_omegaconf({"profile_engine": "hf"})
 
 
 def test_the_adaptive_controllers_profile_is_measured_in_vllm_with_the_rollouts_settings(tmp_path, monkeypatch):

@@ -194,7 +194,7 @@ def _synthetic_profile(path):
 
 def test_controller_schedule_takes_effect_per_batch_size(models, tmp_path):
     actor, exact, _ = models
-    controller = {"policy": "adaptive", "max_k": 3, "prior_acceptance": 0.9, "calibration_decay": 0.0, "probe_interval": 0}
+    controller = {"policy": "adaptive", "max_k": 3, "prior_acceptance": 0.9, "probe_interval": 0}
     state = tmp_path / "state.json"
     llm = make_engine(actor, exact, controller, str(_synthetic_profile(tmp_path / "p.json")), str(state))
     _, drafted_batch4 = acceptance(generate(llm, PROMPTS))

@@ -1,12 +1,11 @@
 """Backend-neutral speculative decoding: sampling, verification, the engine loop and its k policy."""
 
 from respec_verl.speculation.acceptance import AcceptanceEstimate
-from respec_verl.speculation.calibration import StepTimeCalibration
 from respec_verl.speculation.controller import AdaptiveController, ControllerConfig, build_k_policy
 from respec_verl.speculation.drafting import DrafterSwapError, DraftSource, Proposer
 from respec_verl.speculation.engine import GenerationOutput, SpeculativeEngine
 from respec_verl.speculation.policy import FixedK, KPolicy
-from respec_verl.speculation.profile import ProfileKey, StepCostProfile, profile_step_costs
+from respec_verl.speculation.profile import ProfileKey, StepCostProfile
 from respec_verl.speculation.sampling import SamplingParams
 from respec_verl.speculation.stats import SpecStats, StepRecord
 from respec_verl.speculation.verifier import Verdict, rejection_sample
@@ -27,9 +26,7 @@ __all__ = [
     "SpeculativeEngine",
     "StepCostProfile",
     "StepRecord",
-    "StepTimeCalibration",
     "Verdict",
     "build_k_policy",
-    "profile_step_costs",
     "rejection_sample",
 ]

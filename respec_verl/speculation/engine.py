@@ -128,17 +128,10 @@ class _Run:
         room = max(self.params.max_new_tokens - len(self.outputs[r]) for r in self.alive)
         return max(0, min(self.engine.k_policy.choose_k(len(self.alive)), room - 1))
 
-    def _lagging(self) -> list[bool]:
-        """Per live row: whether it has the fewest tokens so far (the batch waits for these)."""
-        lengths = [len(self.outputs[r]) for r in self.alive]
-        fewest = min(lengths)
-        return [n == fewest for n in lengths]
-
     def step(self) -> None:
         step_start = time.perf_counter()
         k = self._choose_k()
         batch = len(self.alive)
-        lagging = self._lagging()
         draft_time = 0.0
         if k > 0:
             start = time.perf_counter()
@@ -154,7 +147,7 @@ class _Run:
             if self.proposer is not None:
                 self.proposer.push(token)
             logprobs = token_logprobs(logits, token, self.params.temperature)
-            record = StepRecord(batch, 0, [0] * batch, draft_time, target_time, lagging=lagging)
+            record = StepRecord(batch, 0, [0] * batch, draft_time, target_time)
             zeros = torch.zeros(batch, dtype=torch.long)
             self._finish_step(step_start, token, token[:, None], logprobs[:, None], zeros, record)
             return
@@ -173,11 +166,11 @@ class _Run:
         emitted = torch.cat([drafts, torch.zeros_like(drafts[:, :1])], dim=1)
         emitted[rows, n] = verdict.next_token
         logprobs = token_logprobs(logits, emitted, self.params.temperature)
-        record = StepRecord(batch, k, n.tolist(), draft_time, target_time, lagging=lagging)
+        record = StepRecord(batch, k, n.tolist(), draft_time, target_time)
         self._finish_step(step_start, verdict.next_token, emitted, logprobs, n, record)
 
     def _finish_step(self, step_start: float, last, emitted, logprobs, num_accepted, record: StepRecord) -> None:
-        """Emit, then time the step: the policy calibrates its costs on what a step at its k really takes.
+        """Emit, then time the step: the step-cost profile (`engine_profile`) reads what a step at its k takes.
 
         The time stops before finished rows leave the batch: that copies the caches once per finished
         row whatever k is, and charging it to the step's k would make the k in use when rows finish

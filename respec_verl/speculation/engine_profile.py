@@ -1,15 +1,14 @@
 """Step costs measured through the engine loop itself: what the controller's goodput divides by.
 
-`profile_step_costs` times bare forward passes (a decode, a verify over k + 1 tokens, k draft
-passes). A real engine step also pays sampling, the log-probs of what it emits, KV rollback and
-per-row bookkeeping, and those grow with k and the batch: on the 2-core CPU a bare profile put a
-speculative step at batch 16 at 1.5 decode steps where the engine took 2.0, and the controller
-kept speculating where it lost (docs/notebook/controller.md, section 2). This profiler runs `SpeculativeEngine`
-itself at each (batch size, k), plain steps through the same loop with the drafter present, and
-records the median wall time of the steps after a warm-up: the numbers the controller predicts.
+A bare-forward profile (`forward_profile`) misses what an engine step also pays: sampling, the
+log-probs of what it emits, KV rollback and per-row bookkeeping, which grow with k and the batch,
+so it underrates speculative steps and the controller speculates where it loses. This profiler
+runs `SpeculativeEngine` itself at each (batch size, k), plain steps through the same loop with
+the drafter present, and records the median wall time of the steps after a warm-up: the numbers
+the controller predicts.
 With `rounds` > 1 the whole grid is walked that many times, the order of the ks reversed every
 other round, and each cell's median is taken over all its rounds: a machine whose speed drifts
-over minutes (this CPU's does by 10-25%) then puts the drift into every k of a batch size alike,
+over minutes then puts the drift into every k of a batch size alike,
 instead of into whichever k was timed during a slow spell, where it would put the ks out of order.
 """
 

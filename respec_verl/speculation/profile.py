@@ -1,28 +1,24 @@
-"""Measured step costs of plain decoding, drafting and verification, per batch size and k.
+"""Step costs per batch size and k: what the controller divides its predicted tokens by.
 
 Whether speculation pays depends on where a step leaves the memory-bound regime, which depends
-on the model, dtype, device and context length. So the costs are measured once on the machine,
-saved as JSON keyed by what they were measured on, and interpolated in batch size at run time.
+on the model, dtype, device and context length. So the costs are measured once on the machine
+(through the engine that runs the steps: `engine_profile`, `vllm_glue.step_profile`), saved as
+JSON keyed by what they were measured on, and interpolated in batch size at run time.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from respec_verl.storage.json_file import write_json_atomic
-from respec_verl.speculation.kv_state import KVState
 from respec_verl.speculation.drafting import DraftSource
+from respec_verl.storage.json_file import write_json_atomic
 
 FORMAT_VERSION = 1
 
@@ -58,9 +54,10 @@ class StepCostProfile:
 
     `decode_s`: one plain decoding step of the target. `draft_s`: the drafter proposing k tokens
     (its k forward passes, the first one feeding the token the target emitted last step).
-    `verify_s`: the target's forward over the k + 1 tokens [last, d_1..d_k]. `engine_s`: whole
-    speculative engine steps at k > 0 measured through the engine loop (`engine_profile`), which
-    also pay sampling, KV rollback and bookkeeping; where present they replace draft + verify.
+    `verify_s`: the target's forward over the k + 1 tokens [last, d_1..d_k] (these two from the
+    offline `forward_profile`). `engine_s`: whole speculative engine steps at k > 0 measured
+    through the engine loop (`engine_profile`, `vllm_glue.step_profile`), which also pay sampling,
+    KV rollback and bookkeeping; where present they replace draft + verify.
     """
 
     key: ProfileKey
@@ -225,86 +222,9 @@ def _interp_grid(table: dict[tuple[int, int, int], float], ctx: int, batch_size:
     return interpolate({kk: interpolate(points, batch_size) for kk, points in by_k.items()}, k)
 
 
-def _timed(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
-    """Median seconds of `fn` over `repeats` runs, after one untimed warm-up run."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _target_step(state: KVState, tokens: torch.Tensor, last_only: bool) -> None:
-    """One target forward over `tokens`, then roll it back so the context length stays fixed."""
-    state.forward(tokens, torch.ones_like(tokens, dtype=torch.bool), last_only=last_only)
-    state.keep_last(torch.zeros_like(tokens, dtype=torch.bool))
-
-
 def check_grid(batch_sizes: Sequence[int], ks: Sequence[int]) -> None:
     """A profile's grid: batch sizes and draft lengths, each a non-empty list of integers >= 1."""
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"profile batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
     if not ks or min(ks) < 1:
         raise ValueError(f"profile ks must be a non-empty list of integers >= 1, got {list(ks)}")
-
-
-@torch.inference_mode()
-def profile_step_costs(
-    target: torch.nn.Module,
-    drafter: DraftSource,
-    batch_sizes: Sequence[int],
-    ks: Sequence[int],
-    context_len: int | Sequence[int] = 256,
-    repeats: int = 5,
-    progress: bool = True,
-    key: ProfileKey | None = None,
-    seed: int = 0,
-) -> StepCostProfile:
-    """Time the target's decode and verify steps and the drafter's proposals on this machine.
-
-    Uses the engine's own KV state and proposer over random prompts of `context_len` tokens, so
-    the table measures what `SpeculativeEngine` runs; every timed step is rolled back, so the
-    context stays fixed. Each entry is the median of `repeats` runs.
-    """
-    contexts = [context_len] if isinstance(context_len, int) else list(context_len)
-    check_grid(batch_sizes, ks)
-    if not contexts or min(contexts) < 1:
-        raise ValueError(f"profile context_len must be >= 1, got {context_len}")
-    if repeats < 1:
-        raise ValueError(f"profile repeats must be >= 1, got {repeats}")
-
-    device = next(target.parameters()).device
-    vocab = int(target.get_output_embeddings().weight.shape[0])
-    generator = torch.Generator().manual_seed(seed)
-    profile = StepCostProfile(key or ProfileKey.of(target, drafter))
-    total = len(contexts) * len(batch_sizes) * (1 + len(ks))
-    with tqdm(total=total, desc="profiling step costs", disable=not progress) as bar:
-        for ctx in contexts:
-            for b in batch_sizes:
-                bar.set_postfix(context_len=ctx, batch_size=b)
-                prompt = torch.randint(vocab, (b, ctx), generator=generator).to(device)
-                target_state = KVState(target)
-                last = target_state.forward(prompt, torch.ones_like(prompt, dtype=torch.bool), last_only=True)
-                last = last.argmax(dim=-1)
-                proposer = drafter.new_proposer(vocab)
-                proposer.start(prompt, torch.ones_like(prompt, dtype=torch.bool), last)
-
-                decode = partial(_target_step, target_state, last[:, None], True)
-                profile.decode_s[(ctx, b)] = _timed(decode, repeats, device)
-                bar.update()
-                for k in ks:
-                    chunk = torch.randint(vocab, (b, k + 1), generator=generator).to(device)
-                    verify = partial(_target_step, target_state, chunk, False)
-                    profile.verify_s[(ctx, b, k)] = _timed(verify, repeats, device)
-                    profile.draft_s[(ctx, b, k)] = _timed(partial(proposer.probe, k, last), repeats, device)
-                    bar.update()
-    return profile

@@ -11,9 +11,7 @@ class StepRecord:
 
     draft_time_s and target_time_s time the drafter's and the target's parts; step_time_s is the
     wall time of the whole step (choosing k, sampling, log-probs, KV rollback and emitting
-    included), what the controller calibrates its costs against; 0.0 means not measured.
-    lagging: per row, whether it had generated the fewest tokens of the batch when the step began
-    (the batch ends when its stragglers do; see `straggler`); None when the engine does not say.
+    included), what the step-cost profiles measure; 0.0 means not measured.
     """
 
     batch_size: int
@@ -22,7 +20,6 @@ class StepRecord:
     draft_time_s: float
     target_time_s: float
     step_time_s: float = 0.0
-    lagging: list[bool] | None = None
 
 
 @dataclass

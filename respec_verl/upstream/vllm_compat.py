@@ -16,7 +16,7 @@ vllm-custom-proposer-k-and-probs.md, vllm-draft-model-reduced-vocab.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -67,7 +67,6 @@ TEXTS: dict[str, UpstreamText] = {
     "llm_engine_core": UpstreamText("vllm.v1.engine.llm_engine", "self.engine_core = EngineCoreClient.make_client("),
     "inproc_engine_core": UpstreamText("vllm.v1.engine.core_client", "self.engine_core = EngineCore("),
     "engine_core_scheduler": UpstreamText("vllm.v1.engine.core", "self.scheduler: SchedulerInterface ="),
-    "scheduler_requests": UpstreamText(SCHEDULER.module, "self.requests: dict[str, Request] = {}"),
     # fatal lines the supervisor stops a run on
     "engine_core_fatal": UpstreamText("vllm.v1.engine.core", "EngineCore encountered a fatal error"),
     "engine_dead": UpstreamText("vllm.v1.engine.exceptions", "class EngineDeadError"),
@@ -118,9 +117,3 @@ def engine_core_scheduler(llm: Any):
     """The scheduler of an `LLM` whose engine core runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`):
     `llm.llm_engine.engine_core.engine_core.scheduler`. No public API reaches a running engine's scheduler."""
     return llm.llm_engine.engine_core.engine_core.scheduler
-
-
-def output_lengths(scheduler: Any, request_ids: Iterable[str]) -> dict[str, int]:
-    """Tokens generated so far by each of `request_ids` that the scheduler still holds (`Scheduler.requests`)."""
-    requests = scheduler.requests
-    return {r: requests[r].num_output_tokens for r in request_ids if r in requests}

@@ -23,7 +23,6 @@ CONFIG_KEY = "actor_rollout_ref.respec"
 DRAFTER_METHODS = ("model", "history")  # what the vLLM rollout serves (see DrafterConfig)
 CORE_ONLY_METHODS = ("hybrid",)  # drafters of the core engine that vLLM cannot serve yet
 SAMPLE_METHODS = ("probabilistic", "greedy")  # vLLM's draft_sample_method
-PROFILE_ENGINES = ("vllm", "core")  # what the step-cost profile measured at start times
 
 
 def _is_int(value: object) -> bool:
@@ -142,15 +141,13 @@ class RespecConfig:
 
     The defaults work: with only `enable=true`, rollouts use a 2-layer self-draft, the adaptive
     controller picks k, and the drafter is distilled from the actor after every step. `profile`: a
-    step-cost profile JSON from `respec-verl profile` (one profile) for the adaptive controller;
-    null measures one at the start of the run (once per run folder), with `profile_engine`:
-    "vllm" times vLLM's own engine steps with the drafter (the steps the controller chooses k
-    for), "core" times respec's core engine (bare forward passes, no vLLM needed).
+    step-cost profile JSON holding one profile, for the adaptive controller; null measures one at
+    the start of the run (once per run folder) by timing vLLM's own engine steps with the drafter,
+    the steps the controller chooses k for (`respec_verl.vllm_glue.step_profile`).
     """
 
     enable: bool = False
     profile: str | None = None
-    profile_engine: str = "vllm"
     drafter: DrafterConfig = field(default_factory=DrafterConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     evolution: LearnerConfig = field(default_factory=LearnerConfig)
@@ -161,8 +158,6 @@ class RespecConfig:
             _fail(f"{CONFIG_KEY}.enable", self.enable, "true or false")
         if self.profile is not None and (not isinstance(self.profile, str) or not self.profile.strip()):
             _fail(f"{CONFIG_KEY}.profile", self.profile, "null (measure at start) or a path to a profile JSON file")
-        if self.profile_engine not in PROFILE_ENGINES:
-            _fail(f"{CONFIG_KEY}.profile_engine", self.profile_engine, ", ".join(PROFILE_ENGINES))
         for name, cls in _BLOCKS.items():
             value = getattr(self, name)
             if not isinstance(value, cls):

@@ -6,7 +6,7 @@ for respec (`install_switch`: the key on verl's command line, or `RESPEC_VERL_IN
 the one key is all a run needs. With respec on it:
 - prepares the run before verl builds anything (`prepare_rollout`): the drafter folder vLLM loads
   (a self-draft cut from the actor, or `drafter.path`), the step-cost profile the controller needs
-  (measured once on this machine with the core engine and cached in the run folder, or
+  (vLLM's engine steps measured once on this machine and cached in the run folder, or
   `respec.profile`), and the rollout settings, written to `actor_rollout_ref.rollout.custom.respec`
   where verl hands them to its vLLM servers;
 - runs verl's actor worker as `RespecActorRolloutRefWorker` (drafter distillation after the actor
@@ -158,31 +158,15 @@ def profile_for_run(
         return out
     if out.exists():
         return out
+    from respec_verl.verl_glue.vllm_profile import measure_in_child
+
     batch_sizes = sorted({min(2**i, max_num_seqs) for i in range(max_num_seqs.bit_length() + 1)})
     ks = list(range(1, respec.controller.max_k + 1))
     rollout = config.actor_rollout_ref.rollout
-    if respec.profile_engine == "vllm":
-        from respec_verl.verl_glue.vllm_profile import measure_in_child
-
-        logger.info("respec: measuring vLLM step costs for batch sizes %s and k 0-%d (once per run folder)",
-                    batch_sizes, ks[-1])
-        return measure_in_child(out, model_path, drafter_dir, str(rollout.dtype), batch_sizes, ks,
-                                float(rollout.temperature), respec.drafter.sample_method)
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from respec_verl.drafter.drafter_dir import load_drafter_dir
-    from respec_verl.storage.json_file import write_json_atomic
-    from respec_verl.speculation.profile import profile_step_costs
-
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(rollout.dtype))
-    dtype = dtype or torch.float32
-    target = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
-    drafter = load_drafter_dir(drafter_dir, dtype=dtype)
-    logger.info("respec: measuring step costs for batch sizes %s and k %s (once per run folder)", batch_sizes, ks)
-    profile = profile_step_costs(target, drafter, batch_sizes, ks, context_len=64, repeats=2)
-    write_json_atomic(out, profile.to_dict())
-    return out
+    logger.info("respec: measuring vLLM step costs for batch sizes %s and k 0-%d (once per run folder)",
+                batch_sizes, ks[-1])
+    return measure_in_child(out, model_path, drafter_dir, str(rollout.dtype), batch_sizes, ks,
+                            float(rollout.temperature), respec.drafter.sample_method)
 
 
 # How often the trainer polls verl's replay buffer for a finished rollout batch (verl: 2 s)

@@ -47,7 +47,7 @@ def measure_in_child(
         done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as error:
         raise RuntimeError(f"the vLLM step-cost profile did not finish in {timeout_s:.0f} s; set "
-                           "actor_rollout_ref.respec.profile to a measured profile, or profile_engine=core") from error
+                           "actor_rollout_ref.respec.profile to a profile measured beforehand") from error
     if done.returncode != 0 or not out.exists():
         tail = "\n".join((done.stderr or done.stdout or "").splitlines()[-20:])
         raise RuntimeError(f"the vLLM step-cost profile failed (exit {done.returncode}); its last lines:\n{tail}")

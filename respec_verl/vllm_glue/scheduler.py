@@ -9,7 +9,7 @@ process: `schedule()` lets vLLM build the step, then replaces its `num_spec_toke
 and `update_from_output()` feeds the step's outcome back. The engine is started with a schedule
 too (any, the controller's initial one), so vLLM plans for a k that varies per step.
 
-The controller's state (acceptance, calibration, choices per batch size) is written to a JSON
+The controller's state (acceptance, choices per batch size) is written to a JSON
 file (atomically, every `_SAVE_EVERY` observed steps and whenever the engine runs out of requests,
 i.e. at the end of each rollout), which the trainer reads for metrics and
 checkpoints, and which a restarted engine resumes from. Settings arrive through vLLM's
@@ -91,7 +91,7 @@ class _RespecStepControl:
         self._respec_policy = build_policy(settings, self.num_spec_tokens)
         self._respec_state_path: str | None = settings.get("state_path")
         self._respec_choices: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        self._respec_started: dict[int, tuple[float, dict[str, int]]] = {}  # step start, output lengths
+        self._respec_started: dict[int, float] = {}  # step start, per scheduler output
         self._respec_observed = 0
         self._respec_unsaved = False  # steps chosen since the state file was last written
         logger.info("respec: k chosen per step by %s", type(self._respec_policy).__name__)
@@ -106,21 +106,15 @@ class _RespecStepControl:
         output.num_spec_tokens_to_schedule = k
         self._respec_choices[batch_size][k] += 1
         self._respec_unsaved = True
-        self._respec_started[id(output)] = (time.perf_counter(), self._respec_output_lengths(output))
+        self._respec_started[id(output)] = time.perf_counter()
         return output
-
-    def _respec_output_lengths(self, output: Any) -> dict[str, int]:
-        """Tokens each scheduled request has generated so far (the stragglers are those with the fewest)."""
-        requests = getattr(self, "requests", {})
-        return {r: requests[r].num_output_tokens for r in output.num_scheduled_tokens if r in requests}
 
     def _respec_observe(self, scheduler_output: Any, model_runner_output: Any) -> None:
         """Feed a finished decode step (batch size, verified k, accepted counts, wall time) back."""
-        entry = self._respec_started.pop(id(scheduler_output), None)
+        started = self._respec_started.pop(id(scheduler_output), None)
         policy = self._respec_policy
-        if policy is None or entry is None:
+        if policy is None or started is None:
             return
-        started, lengths = entry
         step_time = time.perf_counter() - started
         spec = scheduler_output.scheduled_spec_decode_tokens
         scheduled = scheduler_output.num_scheduled_tokens
@@ -128,18 +122,13 @@ class _RespecStepControl:
         if any(n > 1 + len(spec.get(req_id, ())) for req_id, n in scheduled.items()):
             return
         k = max((len(tokens) for tokens in spec.values()), default=0)
-        accepted, rows = [], []
+        accepted = []
         if k:
             index = model_runner_output.req_id_to_index
             sampled = model_runner_output.sampled_token_ids
             for req_id, tokens in spec.items():
                 if tokens and req_id in index and sampled:
                     accepted.append(max(len(sampled[index[req_id]]) - 1, 0))
-                    rows.append(req_id)
-        lagging = None
-        if rows and all(r in lengths for r in rows):
-            fewest = min(lengths[r] for r in rows)
-            lagging = [lengths[r] == fewest for r in rows]
         record = StepRecord(
             batch_size=len(scheduled),
             k=k,
@@ -147,7 +136,6 @@ class _RespecStepControl:
             draft_time_s=0.0,
             target_time_s=step_time,
             step_time_s=step_time,
-            lagging=lagging,
         )
         if k and len(accepted) != record.batch_size:
             return  # some rows drafted fewer tokens (length cap): per-position counts would be skewed

@@ -1,14 +1,11 @@
 """The controller's step-cost profile measured in vLLM itself, the engine whose steps it chooses k for.
 
-A profile of respec's core engine (`respec_verl.speculation.profile`) times bare forward passes of
-Hugging Face models; vLLM's steps cost something else: its drafting runs the draft model once per
+vLLM's steps cost what respec's core engine's do not: its drafting runs the draft model once per
 drafted position with its own per-forward overheads, and its sampler and rejection sampler work
-over the whole vocabulary. A core-engine profile underrates what a speculative step costs in
-vLLM (`bench/vllm_cpu_steps.py` measures it), and a controller reading it speculates where it
-loses. This profiler starts one in-process vLLM engine with the drafter and
-respec's scheduler, and for each batch size B and k (0 = plain) generates with B requests at a
-fixed k, reading the wall time of every engine step from the scheduler, as the controller does
-online: the median of the decode steps with all B rows in the batch is the table's entry
+over the whole vocabulary (`bench/vllm_cpu_steps.py`). So this profiler starts one in-process
+vLLM engine with the drafter and respec's scheduler, and for each batch size B and k (0 = plain)
+generates with B requests at a fixed k, reading the wall time of every engine step from the
+scheduler: the median of the decode steps with all B rows in the batch is the table's entry
 (`decode_s` for k = 0, whole speculative steps `engine_s` for k > 0).
 
 It needs `VLLM_ENABLE_V1_MULTIPROCESSING=0` (the scheduler in this process) and imports vLLM;
@@ -27,6 +24,7 @@ from tqdm.auto import tqdm
 from respec_verl.speculation.policy import FixedK
 from respec_verl.speculation.profile import ProfileKey, StepCostProfile, check_grid
 from respec_verl.speculation.stats import StepRecord
+from respec_verl.upstream import vllm_compat
 from respec_verl.vllm_glue.settings import RolloutSettings
 
 IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
@@ -81,7 +79,7 @@ def profile_vllm_step_costs(
         additional_config={"respec": settings.scheduler_settings()},
     )
     try:
-        scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+        scheduler = vllm_compat.engine_core_scheduler(llm)
         vocab = llm.llm_engine.model_config.get_vocab_size()
         rng = random.Random(seed)
         prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(vocab) for _ in range(context_len)])
