@@ -24,7 +24,7 @@ class LogProgress:
 
     PHASES = (  # (a line of verl's log, what the run is doing from then on until the first step)
         (re.compile(ray_compat.STARTED_PATTERN), "starting verl's workers"),
-        (re.compile(r"respec: measuring step costs|profiling step costs"), "profiling step costs for the controller"),
+        (re.compile(r"respec: measuring (vLLM )?step costs|profiling step costs"), "profiling step costs for the controller"),
         (re.compile(re.escape(verl_compat.TEXTS["worker_groups"].text)), "loading the actor and the reference"),
         (re.compile(re.escape(verl_compat.TEXTS["engines_ready"].text)), "starting the vLLM server"),
         (re.compile(re.escape(verl_compat.TEXTS["ready_to_fit"].text)), "step 1 (pays the warm-up)"),
