@@ -1,17 +1,14 @@
 """The drafter as a model artifact: an HF causal LM, an optional reduced vocabulary, a version.
 
-It implements the core's `spec.drafting.DraftSource`: proposals come from `model_proposer`, and a
-refresh (the learner's new weights) goes through `hot_swap`'s validate-then-copy.
+It implements the core's `speculation.drafting.DraftSource`: proposals come from `model_proposer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-from respec_verl.drafter import hot_swap
 from respec_verl.drafter.model_proposer import DraftProposer
 
 
@@ -38,13 +35,6 @@ class Drafter:
 
     def new_proposer(self, target_vocab_size: int) -> DraftProposer:
         return DraftProposer(self, target_vocab_size)
-
-    def prepare_update(
-        self, new: Drafter | Mapping[str, torch.Tensor], version: int | None = None
-    ) -> Callable[[], None]:
-        """New weights (a Drafter of the same shape, or a state dict with `version`), validated now, copied by the commit."""
-        weights = hot_swap.prepare_weights(self, new, version)
-        return lambda: hot_swap.commit_weights(self, weights)
 
     def check_compatible(self, target_vocab_size: int) -> None:
         """Raise a ValueError when the drafter's outputs cannot be read as target token ids."""
