@@ -19,7 +19,7 @@ with `--task long` (the default) the long-answer task's questions at its cap (nu
 stories among them. The drafter is also distilled on the task's answers to other questions.
 Writes JSON and a PNG plot.
 
-    python bench/controller.py --out bench/results/controller.json
+    python -m bench.controller --out bench/results/controller.json
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a `bench/controller.py` result can resolve: held-out best static k, round-to-round spread.
+"""What a `bench.controller` result can resolve: held-out best static k, round-to-round spread.
 
 The controller's bar compares it with the best static k at each batch size. Picking the best of
 four noisy static medians and dividing by it biases the ratio down (the winner's curse), and a
@@ -12,7 +12,7 @@ round's ratios spread by more than the bar's margin on this machine. This reads 
 - `rounds_for_2pct`: how many rounds would bring the standard error of the mean ratio to 2%
   (0.97 and 1.0 are then 1.5 standard errors apart).
 
-    python bench/controller_resolution.py bench/results/controller.json --out bench/results/controller_resolution.json
+    python -m bench.controller_resolution bench/results/controller.json --out bench/results/controller_resolution.json
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def analyse(result: dict) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("result", help="a bench/controller.py JSON")
+    parser.add_argument("result", help="a bench.controller JSON")
     parser.add_argument("--out", default=None, help="write the analysis as JSON here")
     args = parser.parse_args()
     rows = analyse(json.loads(Path(args.result).read_text()))

@@ -9,14 +9,14 @@ side, epoch 2 also from epoch 1's answers. Per drafter, scenario and epoch it re
 verification step (vLLM's acceptance length), the drafting cost per drafted token over a plain
 target step, tokens/s and its ratio to plain decoding in the same scenario and epoch.
 
-    python bench/drafters.py --out bench/results/drafters_long.json
+    python -m bench.drafters --out bench/results/drafters_long.json
 
 GPU projection (needs only torch and transformers on the GPU host): times the core engine's decode,
 verify and self-draft steps on random weights of the actor's shape and of a 7B shape, and projects
 each drafter's speed-up from those costs and the tokens per step that the acceptance run measured
 (acceptance does not depend on the hardware; step costs do):
 
-    python bench/drafters.py --project bench/results/drafters_long.json --device cuda \
+    python -m bench.drafters --project bench/results/drafters_long.json --device cuda \
         --out bench/results/drafters_projection_h100.json
 """
 
@@ -26,20 +26,19 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from respec_verl.storage.json_file import write_json_atomic
+from bench.common import (SMOLLM2_135M, greedy_answers, int_list, pyplot, random_llama, save_result, script_parser, timed,
+                          torch_dtype)
 from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
 
 DRAFTERS = ("plain", "self_draft", "history", "hybrid")
 
 # Random-weight shapes for the projection: the actor's, and a 7B actor's (Qwen2.5-7B-like).
 SHAPES = {
-    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3),
+    "smollm2-135m": SMOLLM2_135M,
     "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                num_attention_heads=28, num_key_value_heads=4),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -66,9 +65,8 @@ def run_one(engine: SpeculativeEngine, calls: list[tuple[list[list[int]], list[i
     steps = []
     accepted = drafts = max_len = 0
     for prompts, seeds in calls:
-        start = time.perf_counter()
-        out = engine.generate(prompts, params, seeds=seeds)
-        wall += time.perf_counter() - start
+        seconds, out = timed(engine.generate, prompts, params, seeds=seeds)
+        wall += seconds
         stats = out.stats
         tokens += stats.generated_tokens
         prefill += stats.prefill_time_s
@@ -106,24 +104,24 @@ def measure_acceptance(args, save=None) -> dict:
     from respec_verl.data.tasks import get_task
     from respec_verl.drafter import HistoryConfig, HistoryDrafter, HybridDrafter
     from respec_verl.drafter.hybrid import RowChoices
-    from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
+    from respec_verl.drafter.warmup import warm_up_self_draft
     from respec_verl.models.smollm2 import encode_chat, load_smollm2
 
     torch.manual_seed(args.seed)
-    target, tokenizer = load_smollm2(dtype=getattr(torch, args.dtype))
+    target, tokenizer = load_smollm2(dtype=torch_dtype(args.dtype))
     task = get_task(args.task)
     cap = args.max_new_tokens or task.response_length
     stop = (tokenizer.eos_token_id,)
     questions = [q for q, _, _ in task.questions(args.warmup_prompts + 512, args.seed)]
-    warm_prompts = [encode_chat(tokenizer, q) for q in questions[:args.warmup_prompts]]
     pool = [encode_chat(tokenizer, q) for q in questions[args.warmup_prompts:]]
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=cap, stop_token_ids=stop)
-    warm_start = time.perf_counter()
-    answers = actor_answers(target, warm_prompts, greedy)
-    model, _ = warm_up_self_draft(target, warm_prompts, answers, num_layers=args.draft_layers,
+
+    def warm_up():
+        warm_prompts, answers = greedy_answers(target, tokenizer, questions[:args.warmup_prompts], cap)
+        return warm_up_self_draft(target, warm_prompts, answers, num_layers=args.draft_layers,
                                   draft_vocab_size=args.draft_vocab, always_tokens=stop, steps=args.warmup_steps,
-                                  seed=args.seed)
-    warmup_s = time.perf_counter() - warm_start
+                                  seed=args.seed)[0]
+
+    warmup_s, model = timed(warm_up)
     history_config = HistoryConfig(min_match=args.min_match, max_match=args.max_match)
     params = SamplingParams(temperature=args.temperature, max_new_tokens=cap, stop_token_ids=stop)
     ks = {"plain": 0, "self_draft": args.k_self_draft, "history": args.k_history, "hybrid": args.k_hybrid}
@@ -219,23 +217,19 @@ def project(args) -> dict:
     """Step costs on `--device` for each shape, and each drafter's projected speed-up from them."""
     import json
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from respec_verl.drafter.self_draft import self_draft
     from respec_verl.speculation.forward_profile import profile_step_costs
 
     measured = json.loads(Path(args.project).read_text())
     rows = [r for r in measured["results"] if r["epoch"] == max(r["epoch"] for r in measured["results"])]
     device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
     ks = sorted({r["k"] for r in rows if r["k"]})
     batch_sizes = sorted({r["batch"] for r in rows} | set(args.batch_sizes))
-    out = {"args": vars(args), "acceptance_from": args.project, "device": _device_name(device), "shapes": {}}
+    out = {"args": vars(args), "acceptance_from": args.project, "shapes": {}}
     for shape in args.shapes:
-        config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=False)
         torch.manual_seed(0)
-        with torch.device(device):
-            target = LlamaForCausalLM(config).to(dtype).eval()
+        target = random_llama(device, args.dtype, **SHAPES[shape], max_position_embeddings=4096,
+                              tie_word_embeddings=False)
         drafter = self_draft(target, args.draft_layers)
         profile = profile_step_costs(target, drafter, batch_sizes, ks, context_len=args.context_len,
                                      repeats=args.repeats)
@@ -285,18 +279,10 @@ def projected_speedups(rows: list[dict], profile, ctx: int, lookup_s: float) -> 
     return out
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu:{torch.get_num_threads()}threads"
-
-
 def plot(doc: dict, path: Path) -> None:
-    import matplotlib
+    from respec_verl.demo.report import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     results = doc["results"]
     names = list(dict.fromkeys(r["name"] for r in results))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -315,27 +301,21 @@ def plot(doc: dict, path: Path) -> None:
         ax.set_xlabel("scenario (starting batch; long tail = batch shrinking to 1)")
         ax.tick_params(axis="x", rotation=30)
         ax.legend(fontsize=7)
-    fig.suptitle(f"drafters on the {doc['args']['task']} task, {doc['args']['dtype']}, T={doc['args']['temperature']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
+    save_figure(fig, path, f"drafters on the {doc['args']['task']} task, {doc['args']['dtype']}, "
+                       f"T={doc['args']['temperature']}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--task", default="long")
     parser.add_argument("--dtype", default=None, help="default: float32, bfloat16 for a --project on cuda")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's response cap")
-    parser.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--batch-sizes", type=int_list, default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--group", type=int, default=4, help="answers per prompt in the fixed-batch scenarios")
     parser.add_argument("--long-tail", type=int, default=64, help="rows of the long-tail rollout (0: none)")
-    parser.add_argument("--long-tail-groups", type=_ints, default=[4, 8])
+    parser.add_argument("--long-tail-groups", type=int_list, default=[4, 8])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--calls", type=int, default=1, help="generate calls per scenario (prompt groups)")
     parser.add_argument("--k-self-draft", type=int, default=3)
@@ -367,14 +347,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out = Path(args.out)
     if args.project:
-        doc = project(args)
-        write_json_atomic(out, doc)
+        save_result(args.out, project(args), device=args.device)
         return
+
     def save(doc: dict) -> None:
-        write_json_atomic(out, doc)
-        plot(doc, out.with_suffix(".png"))
+        save_result(args.out, doc, plot)
 
     save(measure_acceptance(args, save))
 

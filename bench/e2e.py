@@ -9,7 +9,7 @@ after the first, which pays the warm-up), and the rollout's share of the step wi
 and on; and compares the reward curves over every (seed, step) pair (Mann-Whitney U and the paired
 Wilcoxon test; `respec_verl/demo/comparison.py`). Writes JSON and a PNG plot, and prints the table.
 
-    python bench/e2e.py --task long --seeds 0,1,2 --out bench/results/e2e_long.json
+    python -m bench.e2e --task long --seeds 0,1,2 --out bench/results/e2e_long.json
     respec-verl bench e2e --task add --seeds 0 --steps 8 --out bench/results/e2e.json
 
 `--report-only` runs nothing: it rebuilds the comparison from the runs that finished under --work
@@ -24,11 +24,11 @@ import json
 import sys
 from pathlib import Path
 
+from bench.common import save_result, script_parser
 from respec_verl.data.tasks import DEFAULT_TASK, TASKS
-from respec_verl.demo.run import DEFAULT_STEPS, DemoJob, run_job, write_outputs
-from respec_verl.storage.json_file import write_json_atomic
-from respec_verl.demo.report import read_jsonl
 from respec_verl.demo.comparison import compare_seeds, format_seeds_table, plot_seeds
+from respec_verl.demo.report import read_jsonl
+from respec_verl.demo.run import DEFAULT_STEPS, DemoJob, run_job, write_outputs
 from respec_verl.verl_glue.launch import DTYPE_CHOICES
 
 
@@ -49,7 +49,7 @@ def run_order(index: int) -> tuple[tuple[str, bool], ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--task", choices=list(TASKS), default=DEFAULT_TASK)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--model", default="smollm2", help="smollm2, tiny or a Hugging Face model folder")
@@ -111,11 +111,9 @@ def report(args: argparse.Namespace, records: dict, summaries: dict, out: Path, 
         "steps": {str(seed): {"spec": [r.to_json() for r in spec], "plain": [r.to_json() for r in plain]}
                   for seed, (spec, plain) in records.items()},
     }
-    write_json_atomic(out, result)
-    plot_seeds(records, comparison, out.with_suffix(".png"),
-               title=f"GRPO on {args.model}, task {args.task}, {args.steps} steps, seeds {sorted(records)}: SD on vs off")
+    title = f"GRPO on {args.model}, task {args.task}, {args.steps} steps, seeds {sorted(records)}: SD on vs off"
     print(format_seeds_table(comparison))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    save_result(out, result, lambda _, png: plot_seeds(records, comparison, png, title=title))
 
 
 if __name__ == "__main__":

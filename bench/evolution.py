@@ -17,12 +17,11 @@ measured on each actor snapshot with the core engine. Two short extra runs of th
 the step time with the drafter update synchronous and off, against the first steps of the main
 (async) run. Writes JSON and a PNG plot.
 
-    python bench/evolution.py --task long --out bench/results/evolution_long.json   # or: respec-verl bench evolution
+    python -m bench.evolution --task long --out bench/results/evolution_long.json   # or: respec-verl bench evolution
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import shutil
 import statistics
@@ -30,16 +29,14 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
+from bench.common import fixed_k_rollouts, load_actor, pyplot, save_result, script_parser
 from respec_verl.data.tasks import DEFAULT_TASK, TASKS, get_task
+from respec_verl.demo.report import RLStep, read_jsonl, save_figure, write_jsonl
 from respec_verl.demo.run import TASK_SETTINGS, DemoJob, run_job
 from respec_verl.drafter import Drafter, DrafterLearner, LearnerConfig
 from respec_verl.drafter.drafter_dir import load_drafter_dir
 from respec_verl.drafter.recording import recorded_updates
-from respec_verl.storage.json_file import write_json_atomic
-from respec_verl.demo.report import RLStep, read_jsonl, save_figure, write_jsonl
-from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation import SamplingParams
 
 POLICIES = ("frozen", "uniform", "reward", "oracle")
 RECORDS = "finished_run.jsonl"
@@ -90,18 +87,13 @@ def replayed_drafters(frozen: Drafter, updates, weighting: str, snapshot_steps: 
     return by_step, done, learner.metrics
 
 
-def accept_length(actor, drafter: Drafter, prompts, params: SamplingParams, k: int) -> float:
-    out = SpeculativeEngine(actor, drafter, FixedK(k)).generate(prompts, params, seeds=list(range(len(prompts))))
-    return out.stats.mean_accept_length
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--task", choices=list(TASKS), default=DEFAULT_TASK)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--snapshot-every", type=int, default=10)
     parser.add_argument("--timing-steps", type=int, default=5,
-                        help="steps of the sync and no-update runs; 0 skips them (bench/update_overhead.py "
+                        help="steps of the sync and no-update runs; 0 skips them (bench.update_overhead "
                              "measures the overhead in interleaved runs)")
     parser.add_argument("--lr", type=float, default=DemoJob.lr,
                         help="the actor's learning rate; a higher one moves the actor further from the frozen drafter")
@@ -120,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the RL runs already finished in --work (same settings) and redo only the offline part")
     args = parser.parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from respec_verl.drafter.warm_folder import stop_token_ids, write_warm_self_draft
     from respec_verl.models.smollm2 import encode_chat
@@ -163,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluation = []
     for step in [0, *snapshot_steps]:
         actor_dir = base_actor if step == 0 else record / f"actor_step_{step}"
-        actor = AutoModelForCausalLM.from_pretrained(actor_dir, dtype=torch.float32).eval()
+        actor = load_actor(actor_dir)
         params = SamplingParams(temperature=job.temperature, max_new_tokens=min(args.eval_tokens, job.response_length),
                                 stop_token_ids=stop_token_ids(tokenizer, actor))
         oracle_dir, _ = write_warm_self_draft(
@@ -174,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         row = {"step": step}
         for name, drafter in (("frozen", frozen), ("uniform", drafters["uniform"].get(step, frozen)),
                               ("reward", drafters["reward"].get(step, frozen)), ("oracle", load_drafter_dir(oracle_dir))):
-            row[name] = accept_length(actor, drafter, prompts, params, args.k)
+            row[name] = fixed_k_rollouts(actor, drafter, prompts, params, args.k).stats.mean_accept_length
         evaluation.append(row)
         print(f"actor after {step:3d} updates: " + ", ".join(f"{n} {row[n]:.2f}" for n in POLICIES), flush=True)
 
@@ -195,23 +187,17 @@ def main(argv: list[str] | None = None) -> None:
                    "last_in_run_loss": in_run_loss[-1] if in_run_loss else None},
     }
     out = Path(args.out or f"bench/results/evolution_{args.task}.json")
-    write_json_atomic(out, result)
-    plot(result, out.with_suffix(".png"))
     print(f"after {last['step']} steps: reward-weighted / frozen = {result['reward_over_frozen']:.2f}, "
           f"/ oracle = {result['reward_over_oracle']:.2f}")
     if step_time:
         print(f"step time async {step_time['async']:.1f} s, sync {step_time['sync']:.1f} s, no update "
               f"{step_time['off']:.1f} s (async adds {100 * result['async_overhead']:.0f}%, sync "
               f"{100 * result['sync_overhead']:.0f}%)")
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    save_result(out, result, plot)
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     timed = bool(result["step_time_s"])
     fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4.2))
     left, mid = axes[0], axes[1]

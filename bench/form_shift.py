@@ -1,6 +1,6 @@
 """How stale can a frozen drafter get when the actor's answers change form? An upper bound on CPU.
 
-`bench/evolution.py` found that on the addition task GRPO makes the actor easier to draft, and the
+`bench.evolution` found that on the addition task GRPO makes the actor easier to draft, and the
 frozen drafter goes stale only on a degenerating actor. This bench measures the most a healthy
 change of form can do instead. The task's `sentence` form asks for one fixed reply, "The sum of a
 and b is c.", which SmolLM2-135M-Instruct gives now and then and otherwise talks around. Here the
@@ -18,7 +18,7 @@ measures, on held-out problems:
 oracle / frozen is then the most any drafter evolution can gain on this change of form, with this
 drafter. At step 0 the oracle is the frozen drafter (the same recipe on the same actor).
 
-    python bench/form_shift.py --out bench/results/form_shift.json
+    python -m bench.form_shift --out bench/results/form_shift.json
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from typing import Sequence
 
 import torch
 
+from bench.common import fixed_k_rollouts, load_actor, save_result, script_parser
 from respec_verl.data.arithmetic import make_problems, score, sentence_reply
 from respec_verl.data.tasks import TASKS
 from respec_verl.demo.run import TASK_SETTINGS, DemoJob
-from respec_verl.storage.json_file import write_json_atomic
-from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
+from respec_verl.speculation import SamplingParams
 
 
 def reply_ids(tokenizer, prompt: Sequence[int], question: str, reply: str, stops: Sequence[int]) -> list[int]:
@@ -78,7 +78,7 @@ def fine_tune(actor: torch.nn.Module, examples: list[tuple[list[int], list[int]]
 
 def measure(actor, drafter, prompts, problems, params: SamplingParams, k: int, tokenizer) -> tuple[float, float]:
     """(acceptance length at k, share of answers in the required form) of sampled rollouts."""
-    out = SpeculativeEngine(actor, drafter, FixedK(k)).generate(prompts, params, seeds=list(range(len(prompts))))
+    out = fixed_k_rollouts(actor, drafter, prompts, params, k)
     texts = tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
     form = sum(score(p, t) for p, t in zip(problems, texts)) / len(problems)
     return out.stats.mean_accept_length, form
@@ -113,7 +113,7 @@ def parse_steps(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--sft-steps", type=parse_steps, default=[0, 5, 10, 30],
                         help="fine-tuning steps after which to measure (cumulative)")
     parser.add_argument("--lr", type=float, default=1e-5)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.lr <= 0:
         parser.error(f"--lr = {args.lr} is not valid; allowed: a number > 0")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from respec_verl.drafter.drafter_dir import load_drafter_dir
     from respec_verl.drafter.warm_folder import stop_token_ids, write_warm_self_draft
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work).resolve()
     base = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    actor = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    actor = load_actor(base)
     stops = stop_token_ids(tokenizer, actor)
     params = SamplingParams(temperature=args.temperature, max_new_tokens=args.response_length, stop_token_ids=stops)
     warm_questions = [p.question for p in make_problems(TASK_SETTINGS["add"].warmup_questions, args.seed + 10_000, form="sentence")]
@@ -182,10 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, drafter in drafters.items() if examples else ():
         positions[name] = position_acceptance(actor, drafter, examples, args.temperature)
         print(f"{name:>6} acceptance per reply position: " + " ".join(f"{a:.2f}" for a in positions[name]))
-    out = Path(args.out)
-    write_json_atomic(out, {"args": {**vars(args), "work": str(work)}, "rows": rows, "sft_losses": losses,
-                            "position_acceptance": positions})
-    print(f"wrote {out}")
+    save_result(args.out, {"args": {**vars(args), "work": str(work)}, "rows": rows, "sft_losses": losses,
+                           "position_acceptance": positions})
 
 
 if __name__ == "__main__":

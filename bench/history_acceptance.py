@@ -1,6 +1,6 @@
 """How many tokens per verification step the history drafter would give on a task's sampled rollouts.
 
-Reads the answers that `bench/task_stats.py` sampled from the base actor (groups of answers to each
+Reads the answers that `bench.task_stats` sampled from the base actor (groups of answers to each
 prompt at the rollout temperature) and replays each answer through the history drafter
 (`respec_verl.drafter.history`): at each position the drafter proposes up to k tokens from its
 index, the drafts that match the sampled answer are accepted, and the sampled token after them is
@@ -22,19 +22,18 @@ Histories compared, from less to more of what an RL rollout has:
 Reports tokens per step (emitted tokens over verification steps; a step with no draft is a plain
 step of one token) and the share of steps with a draft, per history and per k. JSON and a PNG.
 
-    python bench/history_acceptance.py --stats bench/results/task_stats_long.json \
+    python -m bench.history_acceptance --stats bench/results/task_stats_long.json \
         --out bench/results/history_acceptance_long.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from bench.common import int_list, pyplot, save_result, script_parser
 from respec_verl.drafter.history import HistoryConfig, SuffixIndex
-from respec_verl.storage.json_file import write_json_atomic
 
 HISTORIES = ("own", "siblings", "siblings_done", "epoch2", "epoch2_global")
 
@@ -110,12 +109,9 @@ def load_groups(stats_path: Path, actor: str | None) -> list[tuple[list[int], li
 
 
 def plot(result: dict, out: Path) -> None:
-    import matplotlib
+    from respec_verl.demo.report import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for history in HISTORIES:
         rows = result["results"][history]
         ks = sorted(int(k) for k in rows)
@@ -125,31 +121,27 @@ def plot(result: dict, out: Path) -> None:
     ax.set_ylabel("tokens per verification step")
     ax.set_title(f"History drafting, replayed on {result['args']['stats']}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stats", default="bench/results/task_stats_long.json", help="bench/task_stats.py's JSON")
+    parser = script_parser(__doc__)
+    parser.add_argument("--stats", default="bench/results/task_stats_long.json", help="bench.task_stats's JSON")
     parser.add_argument("--actor", default=None, help="tokenizer folder (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--ks", default="1,2,4,8,16", help="comma-separated k")
+    parser.add_argument("--ks", type=int_list, default="1,2,4,8,16", help="comma-separated k")
     parser.add_argument("--min-match", type=int, default=HistoryConfig.min_match)
     parser.add_argument("--max-match", type=int, default=HistoryConfig.max_match)
     parser.add_argument("--out", default="bench/results/history_acceptance_long.json")
     args = parser.parse_args(argv)
     config = HistoryConfig(min_match=args.min_match, max_match=args.max_match)
     groups = load_groups(Path(args.stats), args.actor)
-    ks = [int(k) for k in args.ks.split(",")]
+    ks = args.ks
     results = {h: {str(k): measure(groups, h, k, config) for k in ks} for h in HISTORIES}
     result = {"args": vars(args), "answers": sum(len(a) for _, a in groups), "prompts": len(groups), "results": results}
-    out = Path(args.out)
-    write_json_atomic(out, result)
-    plot(result, out.with_suffix(".png"))
     print(f"{'history':<15}" + "".join(f"k={k:<7}" for k in ks))
     for h in HISTORIES:
         print(f"{h:<15}" + "".join(f"{results[h][str(k)]['tokens_per_step']:<9.2f}" for k in ks))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    save_result(args.out, result, plot)
 
 
 if __name__ == "__main__":

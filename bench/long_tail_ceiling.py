@@ -1,6 +1,6 @@
 """How much a self-draft can speed up the long-tail rollout's stragglers on this machine.
 
-`bench/controller.py`'s long-tail rollout (64 requests, a few long texts among short sums) asks
+`bench.controller`'s long-tail rollout (64 requests, a few long texts among short sums) asks
 for 1.5x plain decoding. Whatever the controller does, the whole rollout is no faster than its
 parts: where the batch is large it runs plain (speculation loses there), and in the tail, where
 only the long texts run, it is at best as fast as the best static k on those texts alone. This
@@ -19,29 +19,25 @@ measures that best case, so the bar can be put against what the hardware and the
    the best ratio s measured in (3) and everything else at parity, the whole rollout is at most
    1 / ((1 - f) + f / s), and 1.5x would need s >= f / (1/1.5 - (1 - f)) in the tail.
 
-    python bench/long_tail_ceiling.py --out bench/results/long_tail_ceiling.json
+    python -m bench.long_tail_ceiling --out bench/results/long_tail_ceiling.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import math
 import time
 from pathlib import Path
 
 import torch
 
+from bench import controller as controller_bench
 from respec_verl.data.questions import LONG, SUBJECTS, make_long_tail_questions, make_questions
 from respec_verl.drafter.warmup import actor_answers, warm_up_self_draft
 from respec_verl.storage.json_file import write_json_atomic
 from respec_verl.models.smollm2 import encode_chat, load_smollm2
 from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
-
-_spec = importlib.util.spec_from_file_location("controller_bench", Path(__file__).resolve().parent / "controller.py")
-controller_bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(controller_bench)
 
 # name -> (layers, distillation steps, long-text data: "few" = controller.py's, "rich" = every other prompt, 3 answers)
 RECIPES = {"bench": (2, 150, "few"), "rich2": (2, 600, "rich"), "rich4": (4, 600, "rich")}

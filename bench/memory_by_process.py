@@ -1,6 +1,6 @@
 """Where a command's host memory goes: run it, sample every process's RSS, report the peak.
 
-    python bench/memory_by_process.py --out bench/results/memory_demo.json -- respec-verl demo --no-progress
+    python -m bench.memory_by_process --out bench/results/memory_demo.json -- respec-verl demo --no-progress
 
 Every `--every` seconds it records the host memory in use above what was in use before the
 command started (psutil's `used`: what the demo's own "peak memory" reports, but from before the
@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from respec_verl.storage.json_file import write_json_atomic  # noqa: E402
+from bench.common import save_result, script_parser
 
 MIN_RSS = 100 * 2**20
 
@@ -55,7 +52,7 @@ def sample(psutil) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--every", type=float, default=3.0, help="seconds between samples")
     parser.add_argument("--process-series", action="store_true", help="also keep each process's RSS series")
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.process_series:
         result["rss_gib_series_by_process"] = process_series
-    write_json_atomic(Path(args.out), result)
+    save_result(args.out, result)
     print(f"peak host memory in use above the start: {peak['host_used_gib']:.2f} GiB at {peak['t_s']:.0f} s")
     for row in peak["processes"][:12]:
         print(f"  {row['rss_gib']:5.2f} GiB RSS  {row['name']}")

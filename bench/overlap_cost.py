@@ -20,19 +20,18 @@ micro-batches of 4, the 2-layer self-draft with a 2048-token head, 4 drafter ste
 (the timings do not depend on the weights, and nothing has to be carried to a machine that cannot
 reach the model's package): one script for a GPU session,
 
-    python bench/overlap_cost.py --device cuda --model random --rounds 5 \
+    python -m bench.overlap_cost --device cuda --model random --rounds 5 \
         --modes actor,drafter/bfloat16,overlap/bfloat16,overlap/bfloat16/stream --out overlap_cost_gpu.json
 
 Reports the median seconds of each, each overlap's cost over the actor alone (what the async update
 adds to the step; `paired`: the median of the per-round ratios) and the KD loss each drafter dtype
 reaches. Writes JSON.
 
-    python bench/overlap_cost.py --rounds 5 --out bench/results/overlap_cost.json
+    python -m bench.overlap_cost --rounds 5 --out bench/results/overlap_cost.json
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import threading
@@ -42,12 +41,12 @@ from contextlib import contextmanager
 
 import torch
 
+from bench.common import SMOLLM2_135M, random_llama, save_result, script_parser
 from respec_verl.data.arithmetic import make_problems
 from respec_verl.drafter.distill import make_kd_batch
 from respec_verl.drafter.learner import DrafterLearner
 from respec_verl.drafter.learner_config import LearnerConfig
 from respec_verl.drafter.self_draft import pad_with_low_ids, self_draft
-from respec_verl.storage.json_file import write_json_atomic
 from respec_verl.models.smollm2 import encode_chat, load_smollm2
 
 MODES = (
@@ -71,15 +70,11 @@ def parse_mode(mode: str) -> tuple[str, int, int, bool]:
 
 def random_smollm2(layers: int, device: torch.device) -> torch.nn.Module:
     """SmolLM2-135M-Instruct's architecture (its config.json) with random weights, `layers` deep."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-        num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+    return random_llama(
+        device, **{**SMOLLM2_135M, "num_hidden_layers": layers}, head_dim=64, max_position_embeddings=8192,
         rms_norm_eps=1e-5, rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
-    return LlamaForCausalLM(config).to(device).eval()
 
 
 def sync(device: torch.device) -> None:
@@ -184,7 +179,7 @@ def run_mode(mode: str, actor, optimizer, draft, labelled, data, args) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rollouts", type=int, default=16)
     parser.add_argument("--response-length", type=int, default=32)
@@ -236,8 +231,7 @@ def main(argv: list[str] | None = None) -> None:
 
     median = {m: statistics.median(t) for m, t in times.items()}
     actor_s = median.get("actor")
-    result = {"args": vars(args), "torch_threads": torch.get_num_threads(), "times_s": times, "median_s": median,
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    result = {"args": vars(args), "times_s": times, "median_s": median}
     result["kd_loss"] = {d: statistics.median(v) for d, v in losses.items()}  # equal in every run of a dtype
     if actor_s:
         result["overhead_over_actor"] = {m: median[m] / actor_s - 1 for m in modes if m.startswith("overlap")}
@@ -255,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     for m, share in result.get("serial_overhead", {}).items():
         print(f"serial (actor, then {m}) would add {share:+.1%}")
     print("drafter KD loss over its first update: " + ", ".join(f"{d} {v:.4f}" for d, v in result["kd_loss"].items()))
-    write_json_atomic(args.out, result)
+    save_result(args.out, result, device=device)
 
 
 if __name__ == "__main__":

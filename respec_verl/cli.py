@@ -11,13 +11,13 @@ from respec_verl.data.tasks import DEFAULT_TASK, TASKS
 from respec_verl.demo.run import DEFAULT_STEPS, TASK_SETTINGS, DemoJob
 from respec_verl.verl_glue.launch import DTYPE_CHOICES
 
-BENCHES = {
-    "spec": "spec_vs_plain.py",
-    "controller": "controller.py",
-    "evolution": "evolution.py",
-    "e2e": "e2e.py",
-    "vllm-steps": "vllm_cpu_steps.py",
-    "update-overhead": "update_overhead.py",
+BENCHES = {  # `respec-verl bench <name>` runs the module bench.<module> of a source checkout
+    "spec": "spec_vs_plain",
+    "controller": "controller",
+    "evolution": "evolution",
+    "e2e": "e2e",
+    "vllm-steps": "vllm_cpu_steps",
+    "update-overhead": "update_overhead",
 }
 
 
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="run a benchmark from bench/ (needs a source checkout)",
-        description="Runs bench/<name>.py of a source checkout; extra arguments are passed on.",
+        description="Runs the module bench.<name> of a source checkout (python -m bench.<name>); extra arguments "
+        "are passed on.",
     )
     bench.add_argument(
         "name",
@@ -104,11 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_bench(name: str, args: list[str]) -> None:
-    script = Path(__file__).resolve().parent.parent / "bench" / BENCHES[name]
-    if not script.exists():
-        raise SystemExit(f"respec-verl bench: {script} not found; run it from a source checkout of respec_verl")
-    sys.argv = [str(script), *args]
-    runpy.run_path(str(script), run_name="__main__")
+    """`python -m bench.<module> args...` in this process (so that `exit_on_sigterm` covers its verl runs)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "bench" / "__init__.py").exists():
+        raise SystemExit(f"respec-verl bench: {checkout / 'bench'} not found; run it from a source checkout of respec_verl")
+    if str(checkout) not in sys.path:  # the benchmarks are not installed: they import from the checkout
+        sys.path.insert(0, str(checkout))
+    sys.argv = [sys.argv[0], *args]
+    runpy.run_module(f"bench.{BENCHES[name]}", run_name="__main__", alter_sys=True)
 
 
 def run_profile(opts: argparse.Namespace) -> None:

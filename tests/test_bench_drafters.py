@@ -1,17 +1,12 @@
-"""bench/drafters.py: the acceptance run on the real actor (tiny settings) and the projection path on CPU."""
+"""bench.drafters: the acceptance run on the real actor (tiny settings) and the projection path on CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("drafters_bench", ROOT / "bench" / "drafters.py")
-drafters = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(drafters)
+from bench import drafters
 
 
 @pytest.fixture(scope="module")

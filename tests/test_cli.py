@@ -20,11 +20,28 @@ def test_subcommands_parse_with_defaults():
     assert parser.parse_args(["profile", "--dtype", "bf16"]).dtype == "bf16"
 
 
-def test_every_bench_name_has_a_script_in_the_checkout():
-    from pathlib import Path
+def test_every_bench_name_is_a_module_of_the_checkout():
+    import importlib.util
 
-    root = Path(__file__).resolve().parent.parent / "bench"
-    assert all((root / script).exists() for script in BENCHES.values())
+    assert all(importlib.util.find_spec(f"bench.{module}") is not None for module in BENCHES.values())
+
+
+def test_bench_runs_the_module_with_the_arguments_passed_on(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "bench.spec_vs_plain", raising=False)  # runpy runs it afresh
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "spec", "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: python -m bench.spec_vs_plain" in capsys.readouterr().out
+
+
+def test_bench_outside_a_source_checkout_says_so(monkeypatch, tmp_path):
+    from respec_verl import cli
+
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "respec_verl" / "cli.py"))  # an installed copy: no bench/
+    with pytest.raises(SystemExit, match="bench not found; run it from a source checkout of respec_verl"):
+        cli.run_bench("spec", [])
 
 
 def test_bad_demo_values_say_what_to_do(capsys):

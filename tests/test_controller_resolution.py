@@ -1,17 +1,10 @@
-"""`bench/controller_resolution.py`: the held-out best static k and the spread arithmetic."""
+"""`bench.controller_resolution`: the held-out best static k and the spread arithmetic."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "controller_resolution", Path(__file__).resolve().parent.parent / "bench" / "controller_resolution.py"
-)
-resolution = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(resolution)
+from bench import controller_resolution as resolution
 
 
 def _runs(**tokens_per_s):

@@ -1,4 +1,4 @@
-"""`respec-verl demo` and `bench/e2e.py`: the step records, summary, plots and comparison on synthetic
+"""`respec-verl demo` and `bench.e2e`: the step records, summary, plots and comparison on synthetic
 metrics (fast), and, marked slow, the demo itself for two GRPO steps on the tiny model."""
 
 from __future__ import annotations
@@ -130,18 +130,10 @@ def test_seeds_give_each_ratio_its_spread_and_pair_rewards_by_seed_and_step():
     assert "| rollout share of the step, SD off | 0.55 ± 0.07 (min 0.50, max 0.60) |" in table
 
 
-def _e2e_bench():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("e2e_bench", ROOT / "bench" / "e2e.py")
-    e2e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e2e)
-    return e2e
-
-
 def test_e2e_report_only_compares_the_finished_runs_and_says_which(tmp_path):
     """An interrupted benchmark keeps its finished runs: --report-only compares the seeds with both."""
-    e2e = _e2e_bench()
+    from bench import e2e
+
     for seed, names in ((0, ("spec", "plain")), (1, ("spec",))):  # seed 1 lost its SD-off run
         for name in names:
             folder = tmp_path / "work" / f"seed{seed}" / name
@@ -161,7 +153,8 @@ def test_e2e_report_only_compares_the_finished_runs_and_says_which(tmp_path):
 
 
 def test_e2e_alternates_the_order_of_the_runs_between_seeds():
-    e2e = _e2e_bench()
+    from bench import e2e
+
     assert [name for name, _ in e2e.run_order(0)] == ["spec", "plain"]
     assert [name for name, _ in e2e.run_order(1)] == ["plain", "spec"]
     assert e2e.seeds_arg("0,1,2") == [0, 1, 2]

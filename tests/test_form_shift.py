@@ -1,23 +1,16 @@
-"""`bench/form_shift.py`: the reply it teaches, its fine-tuning and its arguments (the runs are the benchmark)."""
+"""`bench.form_shift`: the reply it teaches, its fine-tuning and its arguments (the runs are the benchmark)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
+from bench import form_shift
 from respec_verl.data.arithmetic import AdditionProblem, sentence_reply
 
 from .conftest import tiny_llama
-
-_spec = importlib.util.spec_from_file_location(
-    "form_shift", Path(__file__).resolve().parent.parent / "bench" / "form_shift.py"
-)
-form_shift = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(form_shift)
 
 
 def test_the_taught_reply_is_the_template_s_assistant_turn_ending_on_a_stop_token(smollm2):

@@ -7,7 +7,7 @@ import torch
 
 from respec_verl.drafter.history import HistoryConfig, HistoryDrafter, SuffixIndex
 from respec_verl.speculation import FixedK, SamplingParams, SpeculativeEngine
-from respec_verl.speculation.drafting import DraftSource, DrafterSwapError, Proposer
+from respec_verl.speculation.drafting import DraftSource, Proposer
 from tests.conftest import tiny_llama
 from tests.test_engine_greedy import RAGGED
 from tests.test_engine_sampling import (
@@ -62,15 +62,9 @@ def test_bad_history_keys_name_the_allowed_values():
         HistoryConfig(min_match=5, max_match=3)
 
 
-def test_it_is_a_drafter_of_the_core_interface_and_refreshes_from_rollouts():
+def test_it_is_a_drafter_of_the_core_interface():
     drafter = HistoryDrafter()
     assert isinstance(drafter, DraftSource) and isinstance(drafter.new_proposer(10), Proposer)
-    with pytest.raises(DrafterSwapError, match="list of token-id lists"):
-        drafter.prepare_update({"weights": 1})
-    commit = drafter.prepare_update([[1, 2, 3, 4]], version=3)
-    assert drafter.index.draft([1, 2], 2) == [] and drafter.version == 0  # nothing until the commit
-    commit()
-    assert drafter.index.draft([1, 2], 2) == [3, 4] and drafter.version == 3
 
 
 @pytest.mark.parametrize("k", [1, 3, 6])
@@ -94,7 +88,8 @@ def _seeded_history() -> HistoryDrafter:
     """History from an unrelated sampler, so that drafts are often wrong and the residual matters."""
     generator = torch.Generator().manual_seed(0)
     drafter = HistoryDrafter(HistoryConfig(min_match=1, max_match=3))
-    drafter.prepare_update([torch.randint(VOCAB, (8,), generator=generator).tolist() for _ in range(200)])()
+    for _ in range(200):
+        drafter.index.add(torch.randint(VOCAB, (8,), generator=generator).tolist())
     return drafter
 
 

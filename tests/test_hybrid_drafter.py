@@ -54,14 +54,12 @@ def _hybrid(target, strong_match: int = 2) -> HybridDrafter:
     return HybridDrafter(HistoryDrafter(HistoryConfig(min_match=1, max_match=4)), self_draft(target, 1), strong_match)
 
 
-def test_it_is_a_drafter_of_the_core_interface_and_routes_refreshes():
+def test_it_is_a_drafter_of_the_core_interface_versioned_by_its_model():
     target = tiny_llama(97, seed=1)
     hybrid = _hybrid(target)
     assert isinstance(hybrid, DraftSource) and isinstance(hybrid.new_proposer(97), Proposer)
-    hybrid.prepare_update([[1, 2, 3]])()
-    assert hybrid.history.index.draft([1, 2], 1) == [3] and hybrid.version == 0
-    hybrid.prepare_update(self_draft(target, 1).model.state_dict(), version=4)()
-    assert hybrid.version == hybrid.model.version == 4
+    hybrid.model.version = 4
+    assert hybrid.version == 4
     with pytest.raises(ValueError, match=r"strong_match = 0 .* allowed: an integer in \[1, 8\]"):
         HybridDrafter(HistoryDrafter(), self_draft(target, 1), strong_match=0)
     with pytest.raises(ValueError, match="strong_match = 9 .* max_match"):
@@ -92,7 +90,8 @@ def _seeded_hybrid() -> HybridDrafter:
     """Wrong-ish history and a bad model, so that both drafters' drafts are often rejected."""
     generator = torch.Generator().manual_seed(0)
     history = HistoryDrafter(HistoryConfig(min_match=1, max_match=3))
-    history.prepare_update([torch.randint(VOCAB, (8,), generator=generator).tolist() for _ in range(60)])()
+    for _ in range(60):
+        history.index.add(torch.randint(VOCAB, (8,), generator=generator).tolist())
     return HybridDrafter(history, bad_drafter(), strong_match=2)
 
 

@@ -1,18 +1,12 @@
-"""`bench/long_tail_ceiling.py`: the bound on the whole rollout and what the tail would need (the runs are the benchmark)."""
+"""`bench.long_tail_ceiling`: the bound on the whole rollout and what the tail would need (the runs are the benchmark)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "long_tail_ceiling", Path(__file__).resolve().parent.parent / "bench" / "long_tail_ceiling.py"
-)
-ceiling = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ceiling)
+from bench import long_tail_ceiling as ceiling
 
 
 def test_the_bound_is_amdahl_s_law():

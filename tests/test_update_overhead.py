@@ -1,19 +1,13 @@
-"""`bench/update_overhead.py`: the run order and the overhead arithmetic (the runs themselves are the benchmark)."""
+"""`bench.update_overhead`: the run order and the overhead arithmetic (the runs themselves are the benchmark)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "update_overhead", Path(__file__).resolve().parent.parent / "bench" / "update_overhead.py"
-)
-overhead = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(overhead)
+from bench import update_overhead as overhead
 
 
 def test_rounds_alternate_the_order_of_the_modes():

@@ -1,19 +1,17 @@
 """The drafter as a model artifact: an HF causal LM, an optional reduced vocabulary, a version.
 
 It implements the core's `speculation.drafting.TrainableDrafter`: proposals come from
-`model_proposer`, a refresh (the learner's new weights) goes through `hot_swap`'s validate-then-copy,
-and the learner trains everything but the input embedding (a frozen copy of the target's, as in
-EAGLE and SpecForge).
+`model_proposer`, and the learner trains everything but the input embedding (a frozen copy of the
+target's, as in EAGLE and SpecForge).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from respec_verl.drafter import hot_swap
 from respec_verl.drafter.model_proposer import DraftProposer
 
 DRAFT_TO_TARGET = "draft_to_target"  # the vocabulary map's tensor name in a checkpoint
@@ -60,13 +58,6 @@ class Drafter:
 
     def new_proposer(self, target_vocab_size: int) -> DraftProposer:
         return DraftProposer(self, target_vocab_size)
-
-    def prepare_update(
-        self, new: Drafter | Mapping[str, torch.Tensor], version: int | None = None
-    ) -> Callable[[], None]:
-        """New weights (a Drafter of the same shape, or a state dict with `version`), validated now, copied by the commit."""
-        weights = hot_swap.prepare_weights(self, new, version)
-        return lambda: hot_swap.commit_weights(self, weights)
 
     def check_compatible(self, target_vocab_size: int) -> None:
         """Raise a ValueError when the drafter's outputs cannot be read as target token ids."""

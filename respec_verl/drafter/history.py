@@ -20,12 +20,11 @@ last token: a wasted verification slot, never a wrong output.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from respec_verl.speculation.drafting import DrafterSwapError
 from respec_verl.speculation.sampling import SamplingParams
 
 
@@ -169,21 +168,6 @@ class HistoryDrafter:
 
     def new_proposer(self, target_vocab_size: int) -> HistoryProposer:
         return HistoryProposer(self.index, target_vocab_size)
-
-    def prepare_update(self, new: object, version: int | None = None) -> Callable[[], None]:
-        """Rollouts to remember (a list of token-id lists, e.g. from another engine); added by the commit."""
-        if not isinstance(new, (list, tuple)) or not all(
-            isinstance(seq, (list, tuple)) and all(isinstance(t, int) and t >= 0 for t in seq) for seq in new
-        ):
-            raise DrafterSwapError("a history drafter is refreshed with rollouts: a list of token-id lists")
-        sequences = [list(seq) for seq in new]
-
-        def commit() -> None:
-            for seq in sequences:
-                self.index.add(seq)
-            self.version = self.version + 1 if version is None else version
-
-        return commit
 
 
 class HistoryProposer:

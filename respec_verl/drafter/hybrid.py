@@ -15,7 +15,6 @@ itself that the target kept).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -68,12 +67,6 @@ class HybridDrafter:
             self.history.new_proposer(target_vocab_size), self.model.new_proposer(target_vocab_size),
             self.strong_match, self.choices,
         )
-
-    def prepare_update(self, new: object, version: int | None = None) -> Callable[[], None]:
-        """Rollouts (lists of token ids) refresh the history; a Drafter or a state dict the model."""
-        if isinstance(new, (Drafter, Mapping)):
-            return self.model.prepare_update(new, version)
-        return self.history.prepare_update(new, None)
 
 
 class HybridProposer:

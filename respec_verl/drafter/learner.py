@@ -2,8 +2,8 @@
 
 The actor changes every step, so a frozen drafter goes stale. The learner keeps the latest rollouts
 with the actor's soft labels, trains a private float32 copy of the drafter on them with the
-reward-weighted KD loss, and publishes a new, never-mutated drafter (version + 1) for the engine to
-hot-swap in. In async mode the update runs in a background thread (torch releases the GIL) while
+reward-weighted KD loss, and publishes a new, never-mutated drafter (version + 1) for the rollout
+engine to load (vLLM: `vllm_glue/worker_extension.py`). In async mode the update runs in a background thread (torch releases the GIL) while
 the caller runs the actor update or the next rollout; at most one update is in flight, so a
 rollout uses a drafter at most one version behind. A bad update (NaN or exploding loss or
 gradient, or any exception) never reaches the RL loop: the learner restores its last good state,

@@ -1,40 +1,35 @@
-"""The drafter interface of the core: what the engine, its profiler and the learner's hot swap ask of a drafter.
+"""The drafter interface of the core: what the engine and its profiler ask of a drafter.
 
 A drafter is anything that proposes tokens for the target: a small causal LM (the self-draft,
 `respec_verl.drafter.Drafter`), a model-free drafter over the run's own rollouts, or an EAGLE-3 head
 over the target's hidden states. The core sees it only through these two protocols, so it never
 imports an implementation:
 
-- `DraftSource`: the drafter as an artifact: its `version` (counts refreshes, so an engine can
-  report which drafter produced a rollout), a `describe()` that names it in cost profiles (draft
-  times are its own), a vocabulary check, a fresh `Proposer` per generate call, and
-  `prepare_update`, the two-phase refresh: validate the new weights (or state) while the old
-  drafter keeps serving, then commit in a step that cannot fail, under the engine's lock.
+- `DraftSource`: the drafter as an artifact: its `version` (counts weight updates, so an engine
+  can report which drafter produced a rollout), a `describe()` that names it in cost profiles
+  (draft times are its own), a vocabulary check, and a fresh `Proposer` per generate call.
 - `Proposer`: one generate call's drafting state. The engine tells it every token the target
   emits (`start`, `push`, `accept`), asks for k drafts with their probabilities q over the target
   vocabulary (`propose`; q is None when greedy), and compacts it when rows finish
   (`select_rows`). `probe` drafts and forgets, which is how a profile times a proposal.
 
-How a drafter is refreshed is its own business: whatever trains it hands the engine new state
-through `prepare_update` (new weights, or rollouts for a history index). A drafter that is
-distilled from the actor also implements `TrainableDrafter`, the third protocol: what the learner
-trains (its module, the parameters an update changes, its logits on a batch), how a trained copy
-becomes a new drafter of the same kind, and the named tensors a rollout engine loads (what the vLLM
-glue streams after an update). The self-draft is one implementation; an EAGLE-3 head is another.
+How a drafter is refreshed is its own business, and the engine only reads it: a learned drafter is
+replaced by the learner's newest version between generate calls, and a history index grows with
+every call. A drafter distilled from the actor also implements `TrainableDrafter`, the third
+protocol: what the learner trains (its module, the parameters an update changes, its logits on a
+batch), `replica`, which wraps a trained copy as a new drafter of the same kind (the learner's
+published versions), and the named tensors a rollout engine loads (what the vLLM glue streams
+after an update). The self-draft is one implementation; an EAGLE-3 head is another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from respec_verl.speculation.sampling import SamplingParams
-
-
-class DrafterSwapError(ValueError):
-    """A drafter refresh was rejected; the drafter and its version are untouched."""
 
 
 @runtime_checkable
@@ -74,13 +69,6 @@ class DraftSource(Protocol):
 
     def new_proposer(self, target_vocab_size: int) -> Proposer:
         """Fresh drafting state for one generate call."""
-
-    def prepare_update(self, new: object, version: int | None = None) -> Callable[[], None]:
-        """Validate `new` (raise `DrafterSwapError`, leaving this drafter as it was) and return its commit.
-
-        The commit installs it and sets `version`; it must not fail, since it runs while no
-        generate call is in flight and a half-applied refresh would change the drafts mid-run.
-        """
 
 
 @runtime_checkable

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -50,7 +49,6 @@ class SpeculativeEngine:
         self.k_policy: KPolicy = k_policy or FixedK(0 if drafter is None else 4)
         self.verifier = verifier
         self.pad_token_id = pad_token_id
-        self._lock = threading.Lock()  # a drafter swap never lands inside a generate
 
     @property
     def drafter_version(self) -> int | None:
@@ -64,24 +62,10 @@ class SpeculativeEngine:
             raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        with self._lock:
-            run = _Run(self, prompts, params, seeds)
-            while run.alive:
-                run.step()
-            return GenerationOutput(run.outputs, run.out_logprobs, run.stats, self.drafter_version)
-
-    def swap_drafter(self, new: object, version: int | None = None) -> None:
-        """Refresh the drafter all or nothing (`DraftSource.prepare_update`: for a model drafter, a
-        Drafter or a state dict).
-
-        Validation runs while generation goes on; the commit waits for a running generate to end.
-        A rejected swap raises `DrafterSwapError` and leaves the drafter and its version as they were.
-        """
-        if self.drafter is None:
-            raise ValueError("this engine has no drafter to swap weights into; build it with one")
-        commit = self.drafter.prepare_update(new, version)
-        with self._lock:
-            commit()
+        run = _Run(self, prompts, params, seeds)
+        while run.alive:
+            run.step()
+        return GenerationOutput(run.outputs, run.out_logprobs, run.stats, self.drafter_version)
 
 
 class _Run:
