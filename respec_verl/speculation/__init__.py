@@ -3,7 +3,7 @@
 from respec_verl.speculation.acceptance import AcceptanceEstimate
 from respec_verl.speculation.calibration import StepTimeCalibration
 from respec_verl.speculation.controller import AdaptiveController, ControllerConfig, build_k_policy
-from respec_verl.speculation.drafting import DrafterSwapError, DraftSource, Proposer
+from respec_verl.speculation.drafting import DrafterSwapError, DraftSource, FeatureProposer, Proposer
 from respec_verl.speculation.engine import GenerationOutput, SpeculativeEngine
 from respec_verl.speculation.policy import FixedK, KPolicy
 from respec_verl.speculation.profile import ProfileKey, StepCostProfile, profile_step_costs
@@ -17,6 +17,7 @@ __all__ = [
     "ControllerConfig",
     "DraftSource",
     "DrafterSwapError",
+    "FeatureProposer",
     "FixedK",
     "GenerationOutput",
     "KPolicy",
