@@ -17,7 +17,7 @@ import torch
 from respec_verl.speculation.drafting import DrafterSwapError
 
 if TYPE_CHECKING:
-    from respec_verl.drafter.drafter import Drafter
+    from respec_verl.speculation.drafting import TrainableDrafter
 
 __all__ = ["DrafterSwapError", "DrafterWeights", "commit_weights", "prepare_weights"]
 
@@ -31,13 +31,14 @@ class DrafterWeights:
 
 
 def prepare_weights(
-    drafter: Drafter, new: Drafter | Mapping[str, torch.Tensor], version: int | None = None
+    drafter: TrainableDrafter, new: TrainableDrafter | Mapping[str, torch.Tensor], version: int | None = None
 ) -> DrafterWeights:
     """Check `new` against `drafter` (keys, shapes, finiteness, vocabulary) and copy it out.
 
-    `new` is a Drafter (its version is used unless `version` is given) or a state dict (then
-    `version` is required). The result owns its tensors, so a source still being trained (the
-    learner's copy) cannot change them between validation and commit.
+    `new` is a drafter of the same type (a `Drafter`, an `Eagle3Drafter`; its version is used unless
+    `version` is given) or a state dict (then `version` is required). The result owns its tensors,
+    so a source still being trained (the learner's copy) cannot change them between validation and
+    commit.
     """
     if isinstance(new, type(drafter)):
         _check_same_vocab(drafter, new)
@@ -73,7 +74,7 @@ def prepare_weights(
 
 
 @torch.no_grad()
-def commit_weights(drafter: Drafter, weights: DrafterWeights) -> None:
+def commit_weights(drafter: TrainableDrafter, weights: DrafterWeights) -> None:
     """Copy prepared weights into the drafter in place and publish their version."""
     current = drafter.model.state_dict()
     for name, value in weights.tensors.items():
@@ -81,7 +82,7 @@ def commit_weights(drafter: Drafter, weights: DrafterWeights) -> None:
     drafter.version = weights.version
 
 
-def _check_same_vocab(drafter: Drafter, new: Drafter) -> None:
+def _check_same_vocab(drafter: TrainableDrafter, new: TrainableDrafter) -> None:
     old_map, new_map = drafter.draft_to_target, new.draft_to_target
     same = (old_map is None and new_map is None) or (
         old_map is not None and new_map is not None and torch.equal(old_map.cpu(), new_map.cpu())
