@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from respec_verl.drafter.distill import attach_teacher, distill, make_kd_batch
-from respec_verl.drafter.eagle3 import Eagle3Drafter, eagle3_drafter
+from respec_verl.drafter.eagle3 import Eagle3Config, Eagle3Drafter, eagle3_drafter
 from respec_verl.drafter.eagle3_dir import load_eagle3_dir, save_eagle3_dir
 from respec_verl.drafter.kd_loss import reward_weighted_kd_loss, teacher_targets, unrolled_kd_loss
 from respec_verl.speculation import FeatureProposer, FixedK, SamplingParams, SpeculativeEngine
@@ -29,8 +29,12 @@ def test_it_is_a_trainable_drafter_whose_proposer_reads_the_target_layers():
     assert isinstance(drafter.new_proposer(97), FeatureProposer)
     trained = {id(p) for p in drafter.trainable_parameters()}
     assert id(drafter.model.embed_tokens.weight) not in trained and id(drafter.model.fc.weight) in trained
-    with pytest.raises(ValueError, match="target_layers"):
+    with pytest.raises(ValueError, match=r"target_layers = \[1, 6\] is not valid for this target; allowed: ids in \[0, 6\)"):
         eagle3_drafter(target, target_layers=(1, 6))
+    with pytest.raises(ValueError, match="unroll = 0 is not valid; allowed: an integer >= 1"):
+        eagle3_drafter(target, unroll=0)
+    with pytest.raises(ValueError, match="target_layers"):
+        Eagle3Config(target_layers=())
 
 
 @pytest.mark.parametrize("k", [1, 3, 6])

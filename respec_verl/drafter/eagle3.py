@@ -103,6 +103,26 @@ class Eagle3Drafter(DraftVocabulary):
         return lambda: hot_swap.commit_weights(self, weights)
 
 
+@dataclass
+class Eagle3Config:
+    """The EAGLE-3 drafter's own settings (`eagle3_drafter`'s keywords; the draft vocabulary size is
+    the drafter block's, shared with the self-draft). target_layers: the target layers whose residual
+    streams the head fuses, None for vLLM's default (a low, a middle and a high layer). unroll: the
+    training-time-test depth, the number of the head's own steps each training position unrolls."""
+
+    target_layers: tuple[int, ...] | None = None
+    unroll: int = 3
+
+    def __post_init__(self) -> None:
+        layers = self.target_layers
+        if layers is not None and (not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0
+                                                     for i in layers)):
+            raise ValueError(f"eagle3 target_layers = {layers!r} is not valid; allowed: null (vLLM's default) "
+                             "or a non-empty list of layer ids >= 0")
+        if isinstance(self.unroll, bool) or not isinstance(self.unroll, int) or self.unroll < 1:
+            raise ValueError(f"eagle3 unroll = {self.unroll!r} is not valid; allowed: an integer >= 1")
+
+
 def default_target_layers(num_layers: int) -> tuple[int, ...]:
     """vLLM's default (`get_eagle3_default_aux_hidden_state_layers`): a low, a middle and a high layer."""
     return (2, num_layers // 2, num_layers - 3)
@@ -118,12 +138,12 @@ def eagle3_drafter(
     """A fresh EAGLE-3 head for `target`: the target's embedding (frozen), final norm and, over
     `draft_vocab` (target ids, e.g. `frequent_tokens`; None: all), its lm_head rows; the fusion and
     the decoder layer are random (`seed`) and learnt by distillation."""
+    Eagle3Config(None if target_layers is None else tuple(target_layers), unroll)
     total = target.config.num_hidden_layers
     layers = tuple(default_target_layers(total) if target_layers is None else target_layers)
-    if not layers or any(not 0 <= i < total for i in layers):
-        raise ValueError(f"eagle3 target_layers must be ids in [0, {total}) for this target, got {layers}")
-    if unroll < 1:
-        raise ValueError(f"eagle3 unroll (training-time-test depth) must be >= 1, got {unroll}")
+    if any(not 0 <= i < total for i in layers):
+        raise ValueError(f"eagle3 target_layers = {list(layers)} is not valid for this target; allowed: ids in "
+                         f"[0, {total})")
     param = next(target.parameters())
     ids = None if draft_vocab is None else torch.as_tensor(draft_vocab, dtype=torch.long).unique()
     config = copy.deepcopy(target.config)
