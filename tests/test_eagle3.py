@@ -219,3 +219,16 @@ def test_a_probe_leaves_the_proposer_as_it_was():
             proposer.probe(3, first)
         drafts.append(proposer.propose(3, GREEDY, [None, None])[0])
     assert torch.equal(drafts[0], drafts[1])
+
+
+def test_warm_up_gives_a_distilled_head_over_the_answers_vocabulary():
+    from respec_verl.drafter.warmup import warm_up_eagle3
+
+    target = tiny_llama(seed=67)
+    prompts = torch.randint(0, 97, (16, 3), generator=torch.Generator().manual_seed(2)).tolist()
+    answers = SpeculativeEngine(target).generate(prompts, GREEDY).token_ids
+    drafter, losses = warm_up_eagle3(target, prompts, answers, Eagle3Config((0, 2, 3), unroll=2), draft_vocab_size=40,
+                                     always_tokens=(96,), steps=15, lr=1e-2, progress=False)
+    assert drafter.draft_vocab_size == 40 and 96 in drafter.draft_to_target.tolist()
+    assert drafter.target_layers == (0, 2, 3) and drafter.unroll == 2 and drafter.version == 1
+    assert losses[-1] < losses[0] / 2
