@@ -186,8 +186,33 @@ def test_the_learner_trains_eagle3_online_on_the_actors_features():
     assert loss(published) < 0.5 * loss(drafter)
     assert learner.frozen_names == {"embed_tokens.weight"}
     assert "embed_tokens.weight" not in dict(published.serving_tensors())
-    with pytest.raises(ValueError, match="hidden states"):
+    with pytest.raises(ValueError, match="teacher_features"):
         learner.add_rollouts(prompts, responses, teacher_logits=[torch.zeros(20, 97)] * 32)
+
+
+def test_the_learner_takes_the_actors_logits_and_features_from_elsewhere():
+    """The verl worker's path: labels and hidden states computed by the actor's own pass."""
+    from respec_verl.drafter import DrafterLearner, LearnerConfig
+
+    target = tiny_llama(seed=41, layers=4, init_std=0.1)
+    prompts = torch.randint(0, 97, (8, 3), generator=torch.Generator().manual_seed(3)).tolist()
+    responses = SpeculativeEngine(target).generate(prompts, GREEDY).token_ids
+    config = LearnerConfig(steps_per_update=3, batch_size=8, lr=1e-2, top_k=0, async_update=False, weighting="uniform")
+    drafter = eagle3_drafter(target, target_layers=(1, 2, 3), unroll=2)
+    learners = [DrafterLearner(drafter, config, target=target), DrafterLearner(drafter, config)]
+    learners[0].add_rollouts(prompts, responses)
+    logits, features = [], []
+    for prompt, response in zip(prompts, responses):
+        with torch.no_grad():
+            out = target(input_ids=torch.tensor([prompt + response]), output_hidden_states=True)
+        logits.append(out.logits[0, len(prompt) - 1 :])
+        features.append(torch.cat([out.hidden_states[i] for i in (1, 2, 3)], dim=-1)[0])
+    learners[1].add_rollouts(prompts, responses, teacher_logits=logits, teacher_features=features)
+    for learner in learners:
+        assert learner.update(step=1)["respec/drafter/update_ok"] == 1.0
+    a, b = (learner.latest().model.state_dict() for learner in learners)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-4)
 
 
 def test_a_trained_head_swaps_into_a_live_engine():

@@ -89,11 +89,15 @@ class DrafterLearner:
         responses: Sequence[Sequence[int]],
         scores: Sequence[float] | torch.Tensor | None = None,
         teacher_logits: Sequence[torch.Tensor] | None = None,
+        teacher_features: Sequence[torch.Tensor] | None = None,
     ) -> None:
         """Buffer rollouts: scores are rewards or advantages (per `weighting`); empty responses are skipped.
 
         `teacher_logits[i]` holds the actor's logits [>= len(responses[i]), V] at the positions that
-        predict each response token (what verl's actor computes for response log-probs).
+        predict each response token (what verl's actor computes for response log-probs). A drafter
+        that reads the actor's hidden states (`target_layers`, EAGLE-3) also needs
+        `teacher_features[i]`, those layers' hidden states side by side at every position of the
+        prompt and the response [>= len(prompts[i]) + len(responses[i]), F], from the same forward.
         """
         if self.config.interval == 0:  # a frozen drafter: no update will ever read the buffer
             return
@@ -104,9 +108,12 @@ class DrafterLearner:
             raise ValueError(f"weighting={self.config.weighting!r} needs a score (reward or advantage) per rollout")
         if teacher_logits is None and self.target is None:
             raise ValueError("pass teacher_logits, or give the learner the target (actor) model to compute them")
-        if teacher_logits is not None and getattr(self._train, "target_layers", ()):
-            raise ValueError("this drafter reads the actor's hidden states: give the learner the target (actor) "
-                             "model, which computes the labels and the hidden states in one forward")
+        if teacher_logits is not None and getattr(self._train, "target_layers", ()) and (
+            teacher_features is None or len(teacher_features) != n
+            or any(len(teacher_features[i]) < len(prompts[i]) + len(responses[i]) for i in range(n))
+        ):
+            raise ValueError("this drafter reads the actor's hidden states: pass teacher_features, one "
+                             "[>= len(prompt) + len(response), F] tensor per rollout, with teacher_logits")
         if teacher_logits is not None and (
             len(teacher_logits) != n or any(len(teacher_logits[i]) < len(responses[i]) for i in range(n))
         ):
@@ -114,7 +121,8 @@ class DrafterLearner:
         keep = [i for i in range(n) if len(responses[i]) > 0 and len(prompts[i]) > 0]
         score_list = [math.nan] * n if scores is None else [float(s) for s in scores]
         if teacher_logits is not None:
-            labels = [(self._labels(teacher_logits[i][: len(responses[i])]), None) for i in keep]
+            labels = [(self._labels(teacher_logits[i][: len(responses[i])]), self._features(teacher_features, i,
+                        len(prompts[i]) + len(responses[i]))) for i in keep]
         else:
             labels = self._labels_from_target([prompts[i] for i in keep], [responses[i] for i in keep])
         with self._lock:
@@ -132,6 +140,12 @@ class DrafterLearner:
         (its temperature, the drafter's vocabulary, top-k); for labels taken from another pass."""
         draft_map = None if self._train.draft_to_target is None else self._train.draft_to_target.to(logits.device)
         return teacher_targets(logits.detach(), self.config.temperature, draft_map, self.config.top_k)
+
+    def _features(self, features: Sequence[torch.Tensor] | None, i: int, length: int) -> torch.Tensor | None:
+        """Rollout i's hidden states at its `length` positions, for a drafter that reads them (else None)."""
+        if features is None or not getattr(self._train, "target_layers", ()):
+            return None
+        return features[i][:length].detach().float().cpu()
 
     def _labels(self, logits: torch.Tensor) -> TeacherTargets:
         t = self.label_logits(logits[None].cpu())
