@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from respec_verl.drafter.kd_loss import TeacherTargets, reward_weighted_kd_loss, teacher_targets
+from respec_verl.drafter.kd_loss import TeacherTargets, teacher_targets, unrolled_kd_loss
 from respec_verl.speculation.drafting import TrainableDrafter
 
 
@@ -27,6 +27,7 @@ class KDBatch:
     response_mask: torch.Tensor  # [B, T]: True where logits[t] predict a response token
     teacher: TeacherTargets | None = None
     weights: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # [B, T, F]: the target's hidden states, for a drafter with target_layers
 
 
 def make_kd_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int = 0) -> KDBatch:
@@ -46,17 +47,32 @@ def make_kd_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence
 def attach_teacher(
     batch: KDBatch, target: torch.nn.Module, drafter: TrainableDrafter, temperature: float, top_k: int
 ) -> None:
-    """Compute the target's soft labels once, in the drafter's vocabulary (on the target's device)."""
+    """Compute the target's soft labels once, in the drafter's vocabulary (on the target's device), and
+    the hidden states of the same forward when the drafter reads them (`target_layers`)."""
     device = next(target.parameters()).device
-    logits = target(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
-    batch.teacher = teacher_targets(logits, temperature, drafter.draft_to_target, top_k)
+    layers = tuple(getattr(drafter, "target_layers", ()))
+    out = target(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        **({"output_hidden_states": True} if layers else {}),
+    )
+    batch.teacher = teacher_targets(out.logits, temperature, drafter.draft_to_target, top_k)
+    if layers:  # hidden_states[i]: the residual stream after i layers, as the engine's features
+        batch.features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+
+
+def batch_logits(drafter: TrainableDrafter, batch: KDBatch) -> torch.Tensor:
+    """The drafter's logits on a batch, with the target's features when it reads them."""
+    if batch.features is None:
+        return drafter.draft_logits(batch.input_ids, batch.attention_mask)
+    return drafter.draft_logits(batch.input_ids, batch.attention_mask, batch.features)
 
 
 def kd_step(drafter: TrainableDrafter, batch: KDBatch, optimizer: torch.optim.Optimizer, temperature: float) -> float:
     """One optimizer step of the (reward-weighted) KD loss on one batch; returns the loss."""
     drafter.model.train()
-    logits = drafter.draft_logits(batch.input_ids, batch.attention_mask)
-    loss = reward_weighted_kd_loss(logits, batch.teacher, batch.response_mask, batch.weights, temperature)
+    logits = batch_logits(drafter, batch)
+    loss = unrolled_kd_loss(logits, batch.teacher, batch.response_mask, batch.weights, temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(drafter.trainable_parameters(), 1.0)

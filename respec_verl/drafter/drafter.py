@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
+from respec_verl.drafter.draft_vocab import DraftVocabulary
 from respec_verl.drafter.model_proposer import DraftProposer
 
 DRAFT_TO_TARGET = "draft_to_target"  # the vocabulary map's tensor name in a checkpoint
 
 
 @dataclass
-class Drafter:
+class Drafter(DraftVocabulary):
     """A small causal LM that proposes tokens for a target with the same vocabulary.
 
     `draft_to_target[j]` is the target token id of the drafter's output j when the drafter predicts
@@ -59,31 +60,3 @@ class Drafter:
     def new_proposer(self, target_vocab_size: int) -> DraftProposer:
         return DraftProposer(self, target_vocab_size)
 
-    def check_compatible(self, target_vocab_size: int) -> None:
-        """Raise a ValueError when the drafter's outputs cannot be read as target token ids."""
-        if self.draft_to_target is None:
-            if self.draft_vocab_size != target_vocab_size:
-                raise ValueError(
-                    f"drafter vocabulary ({self.draft_vocab_size} outputs) does not match the target's "
-                    f"({target_vocab_size}); use a drafter with the target's tokenizer, or a reduced "
-                    "vocabulary with a draft_to_target mapping"
-                )
-            return
-        if self.draft_to_target.numel() != self.draft_vocab_size:
-            raise ValueError(
-                f"draft_to_target has {self.draft_to_target.numel()} entries but the drafter has "
-                f"{self.draft_vocab_size} outputs"
-            )
-        if int(self.draft_to_target.max()) >= target_vocab_size or int(self.draft_to_target.min()) < 0:
-            raise ValueError(f"draft_to_target maps outside the target vocabulary [0, {target_vocab_size})")
-
-    def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
-        return draft_ids if self.draft_to_target is None else self.draft_to_target[draft_ids]
-
-    def to_target_probs(self, draft_probs: torch.Tensor, target_vocab_size: int) -> torch.Tensor:
-        """q over the full vocabulary: zero outside the draft vocabulary (the residual covers the rest)."""
-        if self.draft_to_target is None:
-            return draft_probs
-        full = draft_probs.new_zeros(*draft_probs.shape[:-1], target_vocab_size)
-        full[..., self.draft_to_target] = draft_probs
-        return full

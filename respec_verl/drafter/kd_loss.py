@@ -102,3 +102,29 @@ def reward_weighted_kd_loss(
     if aggregation == "seq_sum":
         return per_sequence.mean()
     return per_sequence.sum() / mask.sum().clamp_min(1.0)
+
+
+def unrolled_kd_loss(
+    draft_logits: torch.Tensor,
+    teacher: TeacherTargets,
+    response_mask: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    aggregation: str = "token_mean",
+    decay: float = 0.8,
+) -> torch.Tensor:
+    """`reward_weighted_kd_loss` of one drafter step [B, T, V], or of a training-time-test unroll [D, B, T, V].
+
+    Step j's entry at t predicts token t+1 after j of the drafter's own steps, so it shares the
+    teacher's labels at t; entries t <= j do not exist and are masked. Steps are averaged with
+    weights decay**j (EAGLE-3's), since the later steps' drafts are verified less often.
+    """
+    if draft_logits.dim() == 3:
+        return reward_weighted_kd_loss(draft_logits, teacher, response_mask, weights, temperature, aggregation)
+    total, norm = draft_logits.new_zeros(()).float(), 0.0
+    for j, logits in enumerate(draft_logits):
+        mask = response_mask.clone()
+        mask[:, : j + 1] = False
+        total = total + decay**j * reward_weighted_kd_loss(logits, teacher, mask, weights, temperature, aggregation)
+        norm += decay**j
+    return total / norm

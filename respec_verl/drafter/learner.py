@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from respec_verl.drafter.distill import KDBatch, attach_teacher, make_kd_batch
-from respec_verl.drafter.kd_loss import TeacherTargets, reward_weighted_kd_loss, sequence_weights, teacher_targets
+from respec_verl.drafter.distill import KDBatch, attach_teacher, batch_logits, make_kd_batch
+from respec_verl.drafter.kd_loss import TeacherTargets, sequence_weights, teacher_targets, unrolled_kd_loss
 from respec_verl.drafter.learner_config import CONFIG_KEY, LearnerConfig, resolve_overlap  # noqa: F401 (re-exported)
 from respec_verl.drafter.precision import resolve_compute_dtype
 from respec_verl.drafter.rank_sync import RankSync
@@ -89,11 +89,15 @@ class DrafterLearner:
         responses: Sequence[Sequence[int]],
         scores: Sequence[float] | torch.Tensor | None = None,
         teacher_logits: Sequence[torch.Tensor] | None = None,
+        teacher_features: Sequence[torch.Tensor] | None = None,
     ) -> None:
         """Buffer rollouts: scores are rewards or advantages (per `weighting`); empty responses are skipped.
 
         `teacher_logits[i]` holds the actor's logits [>= len(responses[i]), V] at the positions that
-        predict each response token (what verl's actor computes for response log-probs).
+        predict each response token (what verl's actor computes for response log-probs). A drafter
+        that reads the actor's hidden states (`target_layers`, EAGLE-3) also needs
+        `teacher_features[i]`, those layers' hidden states side by side at every position of the
+        prompt and the response [>= len(prompts[i]) + len(responses[i]), F], from the same forward.
         """
         if self.config.interval == 0:  # a frozen drafter: no update will ever read the buffer
             return
@@ -104,6 +108,12 @@ class DrafterLearner:
             raise ValueError(f"weighting={self.config.weighting!r} needs a score (reward or advantage) per rollout")
         if teacher_logits is None and self.target is None:
             raise ValueError("pass teacher_logits, or give the learner the target (actor) model to compute them")
+        if teacher_logits is not None and getattr(self._train, "target_layers", ()) and (
+            teacher_features is None or len(teacher_features) != n
+            or any(len(teacher_features[i]) < len(prompts[i]) + len(responses[i]) for i in range(n))
+        ):
+            raise ValueError("this drafter reads the actor's hidden states: pass teacher_features, one "
+                             "[>= len(prompt) + len(response), F] tensor per rollout, with teacher_logits")
         if teacher_logits is not None and (
             len(teacher_logits) != n or any(len(teacher_logits[i]) < len(responses[i]) for i in range(n))
         ):
@@ -111,12 +121,14 @@ class DrafterLearner:
         keep = [i for i in range(n) if len(responses[i]) > 0 and len(prompts[i]) > 0]
         score_list = [math.nan] * n if scores is None else [float(s) for s in scores]
         if teacher_logits is not None:
-            labels = [self._labels(teacher_logits[i][: len(responses[i])]) for i in keep]
+            labels = [(self._labels(teacher_logits[i][: len(responses[i])]), self._features(teacher_features, i,
+                        len(prompts[i]) + len(responses[i]))) for i in keep]
         else:
             labels = self._labels_from_target([prompts[i] for i in keep], [responses[i] for i in keep])
         with self._lock:
-            for i, teacher in zip(keep, labels):
-                self._buffer.append(LabelledRollout(list(prompts[i]), list(responses[i]), score_list[i], teacher))
+            for i, (teacher, features) in zip(keep, labels):
+                rollout = LabelledRollout(list(prompts[i]), list(responses[i]), score_list[i], teacher, features)
+                self._buffer.append(rollout)
 
     def add_labelled(self, rollouts: Sequence[LabelledRollout]) -> None:
         """Buffer rollouts that carry their labels already (recorded ones, replayed offline)."""
@@ -129,11 +141,20 @@ class DrafterLearner:
         draft_map = None if self._train.draft_to_target is None else self._train.draft_to_target.to(logits.device)
         return teacher_targets(logits.detach(), self.config.temperature, draft_map, self.config.top_k)
 
+    def _features(self, features: Sequence[torch.Tensor] | None, i: int, length: int) -> torch.Tensor | None:
+        """Rollout i's hidden states at its `length` positions, for a drafter that reads them (else None)."""
+        if features is None or not getattr(self._train, "target_layers", ()):
+            return None
+        return features[i][:length].detach().float().cpu()
+
     def _labels(self, logits: torch.Tensor) -> TeacherTargets:
         t = self.label_logits(logits[None].cpu())
         return TeacherTargets(t.logprobs[0], None if t.sparse_ids is None else t.sparse_ids[0])
 
-    def _labels_from_target(self, prompts: list[Sequence[int]], responses: list[Sequence[int]]) -> list[TeacherTargets]:
+    def _labels_from_target(
+        self, prompts: list[Sequence[int]], responses: list[Sequence[int]]
+    ) -> list[tuple[TeacherTargets, torch.Tensor | None]]:
+        """Per rollout: the labels, and the hidden states at every position when the drafter reads them."""
         labels = []
         for start in range(0, len(prompts), self.config.batch_size):
             rows = range(start, min(start + self.config.batch_size, len(prompts)))
@@ -143,7 +164,10 @@ class DrafterLearner:
                 at = slice(len(prompts[r]) - 1, len(prompts[r]) - 1 + len(responses[r]))
                 ids = batch.teacher.sparse_ids
                 logprobs = batch.teacher.logprobs[row, at].cpu()
-                labels.append(TeacherTargets(logprobs, None if ids is None else ids[row, at].cpu()))
+                features = None
+                if batch.features is not None:
+                    features = batch.features[row, : len(prompts[r]) + len(responses[r])].cpu()
+                labels.append((TeacherTargets(logprobs, None if ids is None else ids[row, at].cpu()), features))
         return labels
 
     # ---- updates ------------------------------------------------------------------------------
@@ -302,7 +326,7 @@ class DrafterLearner:
             try:  # an error here on one rank must reach the other ranks' next collective as a rejection
                 batch = make_batch()
                 with self._autocast():
-                    logits = self._train.draft_logits(batch.input_ids, batch.attention_mask)
+                    logits = batch_logits(self._train, batch)
                     loss = self._loss(logits, batch)  # the loss takes its log-softmax in float32
                 value = float(loss.detach())
             except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
@@ -352,18 +376,18 @@ class DrafterLearner:
     def _loss(self, draft_logits: torch.Tensor, batch: KDBatch) -> torch.Tensor:
         """The training objective (a hook, so tests can slow it down or break it on purpose)."""
         c = self.config
-        return reward_weighted_kd_loss(
+        return unrolled_kd_loss(
             draft_logits, batch.teacher, batch.response_mask, batch.weights, c.temperature, c.aggregation
         )
 
     def _batch(self, rollouts: list[LabelledRollout], weights: torch.Tensor) -> KDBatch:
         """Right-padded ids with the stored labels placed at the positions that predict the response."""
         batch = make_kd_batch([r.prompt for r in rollouts], [r.response for r in rollouts])
-        (rows, width), first = batch.input_ids.shape, rollouts[0].teacher
-        logprobs = torch.zeros(rows, width, first.logprobs.shape[-1])
+        (rows, width), first = batch.input_ids.shape, rollouts[0]
+        logprobs = torch.zeros(rows, width, first.teacher.logprobs.shape[-1])
         sparse = None
-        if first.sparse_ids is not None:
-            sparse = torch.zeros(rows, width, first.sparse_ids.shape[-1], dtype=torch.long)
+        if first.teacher.sparse_ids is not None:
+            sparse = torch.zeros(rows, width, first.teacher.sparse_ids.shape[-1], dtype=torch.long)
         for row, rollout in enumerate(rollouts):
             at = slice(len(rollout.prompt) - 1, len(rollout.prompt) - 1 + len(rollout.response))
             logprobs[row, at] = rollout.teacher.logprobs
@@ -374,6 +398,11 @@ class DrafterLearner:
         batch.response_mask = batch.response_mask.to(device)
         batch.teacher = TeacherTargets(logprobs.to(device), None if sparse is None else sparse.to(device))
         batch.weights = weights.to(device)
+        if first.features is not None:  # the actor's hidden states at every position, right-padded
+            batch.features = torch.zeros(rows, width, first.features.shape[-1])
+            for row, rollout in enumerate(rollouts):
+                batch.features[row, : len(rollout.features)] = rollout.features
+            batch.features = batch.features.to(device)
         return batch
 
     # ---- state --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from respec_verl.speculation.kv_state import KVState
-from respec_verl.speculation.sampling import SamplingParams, probs_from_logits, sample_rows
+from respec_verl.speculation.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from respec_verl.drafter.drafter import Drafter
@@ -51,23 +51,14 @@ class DraftProposer:
             chunk[row, width - len(tokens) :] = torch.tensor(tokens)
             valid[row, width - len(tokens) :] = True
         logits = self.state.forward(chunk, valid, last_only=True)
-        tokens, probs = [], []
-        for j in range(k):
-            if params.greedy:
-                draft_ids = logits.argmax(dim=-1)
-            else:
-                probs.append(probs_from_logits(logits, params))
-                draft_ids = sample_rows(probs[-1], generators)
-            tokens.append(self.drafter.to_target_ids(draft_ids))
-            if j < k - 1:
-                logits = self.state.forward(tokens[-1][:, None], torch.ones(len(chunk), 1, dtype=torch.bool), True)
+        one = torch.ones(len(chunk), 1, dtype=torch.bool)
+        draft_tokens, q = self.drafter.sample_chain(
+            logits, k, params, generators, self.vocab_size, lambda tokens: self.state.forward(tokens[:, None], one, True)
+        )
         self._fed_drafts = k - 1
         self.pending = [[] for _ in self.pending]
-        draft_tokens = torch.stack(tokens, dim=1)
         self._own = draft_tokens
-        if params.greedy:
-            return draft_tokens, None
-        return draft_tokens, self.drafter.to_target_probs(torch.stack(probs, dim=1), self.vocab_size)
+        return draft_tokens, q
 
     def accept(self, draft_tokens: torch.Tensor, num_accepted: torch.Tensor, next_token: torch.Tensor) -> None:
         """Keep the accepted drafts that the drafter has already seen in its cache, and queue the rest.

@@ -1,7 +1,8 @@
 """Recorded drafter updates: the rollouts each update trained on, replayable offline.
 
 With `LearnerConfig.record_dir` set, every finished update writes `update_<version>.pt`: its
-rollouts (prompt and response ids, score, the actor's labels at the rollout temperature). The
+rollouts (prompt and response ids, score, the actor's labels at the rollout temperature, and for
+an EAGLE-3 drafter the actor's hidden states). The
 labels are the actor's of that RL step, so a second learner fed the same files in order
 (`DrafterLearner.add_labelled` + `update`) follows another drafter policy (uniform instead of
 reward weights, say) on exactly the same actor trajectory, without the actor itself.
@@ -29,6 +30,7 @@ class LabelledRollout:
     response: list[int]
     score: float
     teacher: TeacherTargets  # logprobs [R, Vd or K], sparse_ids [R, K] or None
+    features: torch.Tensor | None = None  # [P + R, F]: the actor's hidden states for a drafter with target_layers
 
 
 def record_update(folder: str | os.PathLike, version: int, rollouts: list[LabelledRollout]) -> Path:
@@ -38,7 +40,7 @@ def record_update(folder: str | os.PathLike, version: int, rollouts: list[Labell
     path = folder / f"update_{version:05d}.pt"
     rows = [
         {"prompt": r.prompt, "response": r.response, "score": r.score,
-         "logprobs": r.teacher.logprobs, "sparse_ids": r.teacher.sparse_ids}
+         "logprobs": r.teacher.logprobs, "sparse_ids": r.teacher.sparse_ids, "features": r.features}
         for r in rollouts
     ]
     tmp = path.with_suffix(".pt.tmp")
@@ -54,7 +56,8 @@ def recorded_updates(folder: str | os.PathLike) -> list[tuple[int, list[Labelled
     for version, path in found:
         doc = torch.load(path, weights_only=False)
         rollouts = [
-            LabelledRollout(r["prompt"], r["response"], r["score"], TeacherTargets(r["logprobs"], r["sparse_ids"]))
+            LabelledRollout(r["prompt"], r["response"], r["score"], TeacherTargets(r["logprobs"], r["sparse_ids"]),
+                            r.get("features"))
             for r in doc["rollouts"]
         ]
         out.append((version, rollouts))

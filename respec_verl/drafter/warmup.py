@@ -1,4 +1,4 @@
-"""A ready-to-use drafter in one call: self-draft, reduced vocabulary, offline distillation.
+"""A ready-to-use drafter in one call: a self-draft or an EAGLE-3 head, reduced vocabulary, offline distillation.
 
 This is ReSpec Algorithm 1's initialisation: before RL starts, the drafter is distilled offline on
 the actor's own answers to warm-up prompts, so the first rollouts already speculate usefully.
@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from respec_verl.drafter.distill import distill
 from respec_verl.drafter.drafter import Drafter
+from respec_verl.drafter.eagle3 import Eagle3Config, Eagle3Drafter, eagle3_drafter
 from respec_verl.drafter.self_draft import frequent_tokens, pad_with_low_ids, self_draft
 from respec_verl.speculation.engine import SpeculativeEngine
 from respec_verl.speculation.sampling import SamplingParams
@@ -47,12 +48,43 @@ def warm_up_self_draft(
     `always_tokens`, e.g. EOS), padded with the tokenizer's lowest ids when the answers use fewer;
     None keeps the full vocabulary, whose output layer then stays frozen.
     """
-    vocab = None
-    if draft_vocab_size is not None:
-        vocab = frequent_tokens(answers, draft_vocab_size, always=always_tokens)
-        vocab = pad_with_low_ids(vocab, draft_vocab_size, int(target.config.vocab_size))
+    vocab = answer_vocabulary(target, answers, draft_vocab_size, always_tokens)
     drafter = self_draft(target, num_layers, draft_vocab=vocab)
     if vocab is None:
         drafter.model.get_output_embeddings().weight.requires_grad_(False)
     losses = distill(drafter, target, prompts, answers, steps=steps, lr=lr, top_k=top_k, seed=seed, progress=progress)
     return drafter, losses
+
+
+def warm_up_eagle3(
+    target: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    config: Eagle3Config | None = None,
+    draft_vocab_size: int | None = 2048,
+    always_tokens: Sequence[int] = (),
+    steps: int = 150,
+    lr: float = 2e-3,
+    top_k: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[Eagle3Drafter, list[float]]:
+    """A fresh EAGLE-3 head for the (float32) target, distilled on (prompt, answer) pairs with
+    training-time test; the draft vocabulary is chosen as the self-draft's. The head's fusion and
+    decoder layer start random, hence a larger default learning rate than the self-draft's."""
+    config = config or Eagle3Config()
+    vocab = answer_vocabulary(target, answers, draft_vocab_size, always_tokens)
+    drafter = eagle3_drafter(target, config.target_layers, vocab, config.unroll, seed=seed)
+    losses = distill(drafter, target, prompts, answers, steps=steps, lr=lr, top_k=top_k, seed=seed, progress=progress)
+    return drafter, losses
+
+
+def answer_vocabulary(
+    target: torch.nn.Module, answers: Sequence[Sequence[int]], size: int | None, always_tokens: Sequence[int] = ()
+) -> torch.Tensor | None:
+    """The `size` most frequent answer tokens (plus `always_tokens`, e.g. EOS), padded with the
+    tokenizer's lowest ids when the answers use fewer; None (size None): the full vocabulary."""
+    if size is None:
+        return None
+    vocab = frequent_tokens(answers, size, always=always_tokens)
+    return pad_with_low_ids(vocab, size, int(target.config.vocab_size))

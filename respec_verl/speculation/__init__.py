@@ -2,7 +2,7 @@
 
 from respec_verl.speculation.acceptance import AcceptanceEstimate
 from respec_verl.speculation.controller import AdaptiveController, ControllerConfig, build_k_policy
-from respec_verl.speculation.drafting import DraftSource, Proposer
+from respec_verl.speculation.drafting import DraftSource, FeatureProposer, Proposer
 from respec_verl.speculation.engine import GenerationOutput, SpeculativeEngine
 from respec_verl.speculation.policy import FixedK, KPolicy
 from respec_verl.speculation.profile import ProfileKey, StepCostProfile
@@ -15,6 +15,7 @@ __all__ = [
     "AdaptiveController",
     "ControllerConfig",
     "DraftSource",
+    "FeatureProposer",
     "FixedK",
     "GenerationOutput",
     "KPolicy",

@@ -12,6 +12,7 @@ imports an implementation:
   emits (`start`, `push`, `accept`), asks for k drafts with their probabilities q over the target
   vocabulary (`propose`; q is None when greedy), and compacts it when rows finish
   (`select_rows`). `probe` drafts and forgets, which is how a profile times a proposal.
+  A `FeatureProposer` also gets the target's hidden states at every token it is told.
 
 How a drafter is refreshed is its own business, and the engine only reads it: a learned drafter is
 replaced by the learner's newest version between generate calls, and a history index grows with
@@ -58,6 +59,20 @@ class Proposer(Protocol):
 
 
 @runtime_checkable
+class FeatureProposer(Proposer, Protocol):
+    """A proposer that reads the target's hidden states (an EAGLE head), opt-in by `target_layers`.
+
+    The engine then runs the target with hidden states and passes `features=` to `start`, `push`
+    and `accept`: the residual streams after each of `target_layers` layers (0: the embeddings),
+    concatenated in that order, [B, T, len(target_layers) * d], at the positions the target just
+    read: the prompt's (as `prompt_ids`) in `start`, the fed token's [B, 1, F] in `push`, and
+    those of [last, d_1 .. d_k] [B, k+1, F] in `accept`. Other proposers are called as before.
+    """
+
+    target_layers: tuple[int, ...]
+
+
+@runtime_checkable
 class DraftSource(Protocol):
     version: int
 
@@ -82,7 +97,13 @@ class TrainableDrafter(DraftSource, Protocol):
         """The parameters an update changes; the rest stays frozen (and is pushed to an engine once)."""
 
     def draft_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits [B, T, V_draft] at every position of right-padded sequences [B, T] (the KD loss's input)."""
+        """Logits [B, T, V_draft] at every position of right-padded sequences [B, T] (the KD loss's input).
+
+        A drafter that reads the target's hidden states declares `target_layers` (as its proposer
+        does) and takes a third argument, the target's features [B, T, F] at those positions; a
+        drafter trained with training-time test returns [D, B, T, V_draft], one slice per unrolled
+        step (`kd_loss.unrolled_kd_loss`).
+        """
 
     def replica(self, model: torch.nn.Module, version: int) -> TrainableDrafter:
         """A drafter of the same kind around `model` (a trained or frozen copy of `self.model`)."""

@@ -89,17 +89,22 @@ class _Run:
         self.stats = SpecStats()
 
         start = time.perf_counter()
-        self.target = KVState(engine.target)
+        self.proposer = None if engine.drafter is None else engine.drafter.new_proposer(engine.vocab_size)
+        # a proposer that reads the target's hidden states (EAGLE) gets them with every token reported
+        layers = tuple(getattr(self.proposer, "target_layers", ()))
+        self.target = KVState(engine.target, feature_layers=layers)
         logits = self.target.forward(ids, valid, last_only=True)
         first = self._sample(logits)
-        self.proposer = None
-        if engine.drafter is not None:
-            self.proposer = engine.drafter.new_proposer(engine.vocab_size)
-            self.proposer.start(ids, valid, first)
+        if self.proposer is not None:
+            self.proposer.start(ids, valid, first, **self._features())
         self.stats.prefill_time_s = time.perf_counter() - start
         self.last = first
         first_logprobs = token_logprobs(logits, first, params.temperature)[:, None]
         self._drop_finished(self._emit(first[:, None], first_logprobs, torch.zeros(batch)))
+
+    def _features(self) -> dict[str, torch.Tensor]:
+        """The target's features at the tokens it just read, for a `FeatureProposer`; nothing for others."""
+        return {"features": self.target.features} if self.target.feature_layers else {}
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.params.greedy:
@@ -129,7 +134,7 @@ class _Run:
             token = self._sample(logits)
             target_time = time.perf_counter() - start
             if self.proposer is not None:
-                self.proposer.push(token)
+                self.proposer.push(token, **self._features())
             logprobs = token_logprobs(logits, token, self.params.temperature)
             record = StepRecord(batch, 0, [0] * batch, draft_time, target_time)
             zeros = torch.zeros(batch, dtype=torch.long)
@@ -143,7 +148,7 @@ class _Run:
         n = verdict.num_accepted
         # KV rollback: of [last, d_1..d_k] keep last and the accepted drafts, the rest become holes
         self.target.keep_last(torch.arange(k + 1)[None, :] <= n[:, None])
-        self.proposer.accept(drafts, n, verdict.next_token)
+        self.proposer.accept(drafts, n, verdict.next_token, **self._features())
         target_time = time.perf_counter() - drafted
 
         rows = torch.arange(batch)

@@ -15,10 +15,14 @@ from transformers import DynamicCache
 class KVState:
     """Owns one model's cache, attention mask and positions for the rows still generating."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, feature_layers: tuple[int, ...] = ()):
         self.model = model
         self.cache = DynamicCache()
         self.valid = torch.zeros(0, 0, dtype=torch.bool)  # [B, cache_len]: False marks a hole
+        # with feature_layers, each forward also keeps those layers' hidden states side by side (an
+        # EAGLE drafter's input): `features` [B, T, len(feature_layers) * d] of the last forward's tokens
+        self.feature_layers = feature_layers
+        self.features: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -41,7 +45,10 @@ class KVState:
             past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1 if last_only else 0,
+            **({"output_hidden_states": True} if self.feature_layers else {}),
         )
+        if self.feature_layers:  # hidden_states[i]: the residual stream after i layers (0: the embeddings)
+            self.features = torch.cat([out.hidden_states[i] for i in self.feature_layers], dim=-1)
         self.cache = out.past_key_values
         self.valid = mask
         logits = out.logits
