@@ -38,12 +38,13 @@ from respec_verl.drafter.history import HistoryConfig, SuffixIndex
 HISTORIES = ("own", "siblings", "siblings_done", "epoch2", "epoch2_global")
 
 
-def replay(answers: list[list[int]], prompt: list[int], index: SuffixIndex, k: int) -> tuple[int, int, int]:
-    """Replay answers side by side (lockstep by verification step); returns (tokens, steps, drafted steps)."""
+def replay(answers: list[list[int]], prompt: list[int], index: SuffixIndex, k: int) -> tuple[int, int, int, int]:
+    """Replay answers side by side (lockstep by verification step); returns (tokens, steps, drafted
+    steps, drafted tokens)."""
     seq_ids = [index.add(prompt) for _ in answers]
     contexts = [list(prompt) for _ in answers]
     positions = [0] * len(answers)
-    tokens = steps = drafted = 0
+    tokens = steps = drafted = slots = 0
     while any(pos < len(a) for pos, a in zip(positions, answers)):
         for row, answer in enumerate(answers):
             pos = positions[row]
@@ -60,11 +61,12 @@ def replay(answers: list[list[int]], prompt: list[int], index: SuffixIndex, k: i
             tokens += len(emitted)
             steps += 1
             drafted += bool(draft)
-    return tokens, steps, drafted
+            slots += len(draft)
+    return tokens, steps, drafted, slots
 
 
 def measure(groups: list[tuple[list[int], list[list[int]]]], history: str, k: int, config: HistoryConfig) -> dict:
-    tokens = steps = drafted = 0
+    tokens = steps = drafted = slots = 0
     global_index = SuffixIndex(config)
     for prompt, answers in groups:
         index = global_index if history == "epoch2_global" else SuffixIndex(config)
@@ -81,14 +83,15 @@ def measure(groups: list[tuple[list[int], list[list[int]]]], history: str, k: in
                 other = SuffixIndex(config)
                 for sibling in answers[:row] + answers[row + 1:]:
                     other.add(prompt + sibling)
-                t, s, d = replay([answer], prompt, other, k)
-                tokens, steps, drafted = tokens + t, steps + s, drafted + d
+                t, s, d, n = replay([answer], prompt, other, k)
+                tokens, steps, drafted, slots = tokens + t, steps + s, drafted + d, slots + n
         else:  # own
             runs = [[a] for a in answers]
         for run in runs:
-            t, s, d = replay(run, prompt, index, k)
-            tokens, steps, drafted = tokens + t, steps + s, drafted + d
-    return {"tokens_per_step": tokens / steps, "drafted_share": drafted / steps, "tokens": tokens, "steps": steps}
+            t, s, d, n = replay(run, prompt, index, k)
+            tokens, steps, drafted, slots = tokens + t, steps + s, drafted + d, slots + n
+    return {"tokens_per_step": tokens / steps, "drafted_share": drafted / steps,
+            "drafted_tokens_per_step": slots / steps, "tokens": tokens, "steps": steps}
 
 
 def load_groups(stats_path: Path, actor: str | None) -> list[tuple[list[int], list[list[int]]]]:
@@ -130,10 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--actor", default=None, help="tokenizer folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--ks", type=int_list, default="1,2,4,8,16", help="comma-separated k")
     parser.add_argument("--min-match", type=int, default=HistoryConfig.min_match)
+    parser.add_argument("--min-agreement", type=float, default=HistoryConfig.min_agreement,
+                        help="share of the occurrences that must agree for a draft to go on")
     parser.add_argument("--max-match", type=int, default=HistoryConfig.max_match)
     parser.add_argument("--out", default="bench/results/history_acceptance_long.json")
     args = parser.parse_args(argv)
-    config = HistoryConfig(min_match=args.min_match, max_match=args.max_match)
+    config = HistoryConfig(min_match=args.min_match, max_match=args.max_match, min_agreement=args.min_agreement)
     groups = load_groups(Path(args.stats), args.actor)
     ks = args.ks
     results = {h: {str(k): measure(groups, h, k, config) for k in ks} for h in HISTORIES}
